@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests for lib/core: buffers, config, secrets, ids, logging. */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dibba/alloc.h"
+#include "dibba/buf.h"
+#include "dibba/config.h"
+#include "dibba/error.h"
+#include "dibba/id.h"
+#include "dibba/log.h"
+
+static char *write_tmp(const char *content) {
+  char *path = dibba_xstrdup("/tmp/dibba-test-XXXXXX");
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+  close(fd);
+  return path;
+}
+
+START_TEST(buf_cap_is_enforced) {
+  dibba_buf_t b;
+  dibba_buf_init(&b, 8);
+  ck_assert_int_eq(dibba_buf_adds(&b, "12345"), 0);
+  ck_assert_int_eq(dibba_buf_adds(&b, "6789"), -E2BIG);
+  ck_assert_uint_eq(b.len, 5);
+  ck_assert_str_eq(b.data, "12345");
+  ck_assert_int_eq(dibba_buf_printf(&b, "%d", 678), 0);
+  ck_assert_str_eq(b.data, "12345678");
+  ck_assert_int_eq(dibba_buf_add(&b, "x", 1), -E2BIG);
+  ck_assert_int_eq(dibba_buf_add(&b, "x", SIZE_MAX), -E2BIG);
+  dibba_buf_consume(&b, 3);
+  ck_assert_str_eq(b.data, "45678");
+  dibba_buf_free(&b);
+  dibba_buf_free(&b);
+}
+END_TEST
+
+START_TEST(config_file_env_and_defaults) {
+  char err[256];
+  char *path = write_tmp("{\"redis\":{\"url\":\"redis://file:1/0\"},\"api\":{\"port\":8081},\"cni\":{\"ifname\":5}}");
+  setenv("CNI_NET_NAME", "dibba-test", 1);
+  unsetenv("DIBBA_REDIS_URL");
+  dibba_config_t cfg;
+  ck_assert_int_eq(dibba_config_load(&cfg, path, err, sizeof err), 0);
+  const char *s = NULL;
+  ck_assert_int_eq(dibba_config_str(&cfg, "redis.url", NULL, &s, err, sizeof err), 0);
+  ck_assert_str_eq(s, "redis://file:1/0");
+  ck_assert_int_eq(dibba_config_str(&cfg, "cni.net_name", NULL, &s, err, sizeof err), 0);
+  ck_assert_str_eq(s, "dibba-test");
+  ck_assert_int_eq(dibba_config_str(&cfg, "containerd.namespace", NULL, &s, err, sizeof err), 0);
+  ck_assert_str_eq(s, "k8s.io");
+  ck_assert_int_eq(dibba_config_str(&cfg, "containerd.socket", NULL, &s, err, sizeof err), 0);
+  ck_assert_str_eq(s, "unix:///run/containerd/containerd.sock");
+  ck_assert_int_eq(dibba_config_str(&cfg, "cni.ifname", NULL, &s, err, sizeof err), DIBBA_ECONFIG);
+  ck_assert_ptr_nonnull(strstr(err, "cni.ifname"));
+  int64_t port = 0;
+  ck_assert_int_eq(dibba_config_int(&cfg, "api.port", 1, 1, 65535, &port, err, sizeof err), 0);
+  ck_assert_int_eq(port, 8081);
+  ck_assert_int_eq(dibba_config_int(&cfg, "api.port", 1, 1, 80, &port, err, sizeof err), DIBBA_ECONFIG);
+  dibba_config_free(&cfg);
+  dibba_config_free(&cfg);
+  unsetenv("CNI_NET_NAME");
+  unlink(path);
+  free(path);
+}
+END_TEST
+
+START_TEST(config_errors_are_one_line) {
+  char err[256];
+  dibba_config_t cfg;
+  ck_assert_int_eq(dibba_config_load(&cfg, "/nonexistent/dibba.json", err, sizeof err), -ENOENT);
+  ck_assert_ptr_nonnull(strstr(err, "/nonexistent/dibba.json"));
+  char *path = write_tmp("{\"a\": 1,,}");
+  ck_assert_int_eq(dibba_config_load(&cfg, path, err, sizeof err), DIBBA_ECONFIG);
+  ck_assert_ptr_nonnull(strstr(err, "line 1"));
+  ck_assert_ptr_null(strchr(err, '\n'));
+  unlink(path);
+  free(path);
+  path = write_tmp("[1,2]");
+  ck_assert_int_eq(dibba_config_load(&cfg, path, err, sizeof err), DIBBA_ECONFIG);
+  unlink(path);
+  free(path);
+  path = write_tmp("{\"a\":1,\"a\":2}");
+  ck_assert_int_eq(dibba_config_load(&cfg, path, err, sizeof err), DIBBA_ECONFIG);
+  unlink(path);
+  free(path);
+}
+END_TEST
+
+START_TEST(secrets_have_no_default) {
+  char err[256];
+  dibba_config_t cfg;
+  unsetenv("DIBBA_JWT_SECRET");
+  unsetenv("DIBBA_JWT_SECRET_FILE");
+  ck_assert_int_eq(dibba_config_load(&cfg, NULL, err, sizeof err), 0);
+  char *sec = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(dibba_config_secret(&cfg, "auth.jwt_secret", &sec, &len, err, sizeof err), -ENOENT);
+  ck_assert_ptr_nonnull(strstr(err, "no default"));
+  dibba_config_free(&cfg);
+
+  setenv("DIBBA_JWT_SECRET", "short", 1);
+  ck_assert_int_eq(dibba_config_load(&cfg, NULL, err, sizeof err), 0);
+  ck_assert_int_eq(dibba_config_secret(&cfg, "auth.jwt_secret", &sec, &len, err, sizeof err), -EINVAL);
+  dibba_config_free(&cfg);
+  unsetenv("DIBBA_JWT_SECRET");
+
+  char *file = write_tmp("0123456789abcdef0123\n");
+  setenv("DIBBA_JWT_SECRET_FILE", file, 1);
+  ck_assert_int_eq(dibba_config_load(&cfg, NULL, err, sizeof err), 0);
+  ck_assert_int_eq(dibba_config_secret(&cfg, "auth.jwt_secret", &sec, &len, err, sizeof err), 0);
+  ck_assert_uint_eq(len, 20);
+  ck_assert_str_eq(sec, "0123456789abcdef0123");
+  free(sec);
+  dibba_config_free(&cfg);
+  unsetenv("DIBBA_JWT_SECRET_FILE");
+  unlink(file);
+  free(file);
+}
+END_TEST
+
+START_TEST(ids_are_uuid_v4) {
+  char a[DIBBA_ID_LEN + 1], b[DIBBA_ID_LEN + 1];
+  dibba_id_new(a);
+  dibba_id_new(b);
+  ck_assert(dibba_id_valid(a));
+  ck_assert_str_ne(a, b);
+  ck_assert_int_eq(a[14], '4');
+  ck_assert(!dibba_id_valid("not-an-id"));
+  ck_assert(!dibba_id_valid("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"));
+}
+END_TEST
+
+START_TEST(log_writes_json_lines) {
+  char path[] = "/tmp/dibba-log-XXXXXX";
+  int fd = mkstemp(path);
+  close(fd);
+  ck_assert_int_eq(dibba_log_open("bogus", path), -EINVAL);
+  ck_assert_int_eq(dibba_log_open("info", path), 0);
+  dibba_log_debug("test", NULL, "hidden");
+  dibba_log_info("test", json_pack("{s:i,s:s}", "n", 7, "msg", "ignored"), "hello %s", "world");
+  dibba_log_close();
+  char *text = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(dibba_read_small_file(path, 4096, &text, &len), 0);
+  ck_assert_ptr_null(strstr(text, "hidden"));
+  json_error_t je;
+  json_t *o = json_loads(text, 0, &je);
+  ck_assert_ptr_nonnull(o);
+  ck_assert_str_eq(json_string_value(json_object_get(o, "msg")), "hello world");
+  ck_assert_str_eq(json_string_value(json_object_get(o, "level")), "info");
+  ck_assert_str_eq(json_string_value(json_object_get(o, "component")), "test");
+  ck_assert_int_eq(json_integer_value(json_object_get(o, "n")), 7);
+  ck_assert_ptr_nonnull(json_object_get(o, "ts"));
+  json_decref(o);
+  free(text);
+  unlink(path);
+}
+END_TEST
+
+int main(void) {
+  dibba_alloc_init();
+  Suite *s = suite_create("core");
+  TCase *tc = tcase_create("core");
+  tcase_add_test(tc, buf_cap_is_enforced);
+  tcase_add_test(tc, config_file_env_and_defaults);
+  tcase_add_test(tc, config_errors_are_one_line);
+  tcase_add_test(tc, secrets_have_no_default);
+  tcase_add_test(tc, ids_are_uuid_v4);
+  tcase_add_test(tc, log_writes_json_lines);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
