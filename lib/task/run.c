@@ -94,7 +94,7 @@ static const dibba_task_ops_t run_ops = {
     .on_cancel = op_on_cancel,
     .complete = op_complete,
     .complete_msg = op_complete_msg,
-    .fail = op_fail,
+    .failure = op_fail,
     .retry = op_retry,
     .log = op_log,
 };

@@ -25,11 +25,11 @@ typedef struct dibba_plugin_ctx_s dibba_plugin_ctx_t;
 enum { DIBBA_PLUGIN_LOG_DEBUG = 0, DIBBA_PLUGIN_LOG_INFO = 1, DIBBA_PLUGIN_LOG_WARN = 2, DIBBA_PLUGIN_LOG_ERROR = 3 };
 
 /* Called (on the loop) when the task is revoked or times out. The handler stops its work, closes its handles
- * and then reports with fail() (the driver records REVOKED). */
+ * and then reports with failure() (the driver records REVOKED). */
 typedef void (*dibba_task_cancel_cb)(dibba_task_ctx_t *t, void *data);
 
 /* What the driver (the worker's consumer, or dibba_task_run) offers a running task. All calls are loop-thread
- * only. complete/complete_msg/fail/retry end the task: exactly one of them, once; later calls return -EALREADY.
+ * only. complete/complete_msg/failure/retry end the task: exactly one of them, once; later calls return -EALREADY.
  * The driver may report the end synchronously, so a handler must not touch t after ending it. */
 typedef struct dibba_task_ops_s {
   /* Report progress (state PROGRESS). msg may be NULL. Returns 0 or -EALREADY. */
@@ -41,7 +41,7 @@ typedef struct dibba_task_ops_s {
   /* SUCCESS with a typed result (a TaskResult oneof member type, e.g. dibba.v1.PodStatus); copied. */
   int (*complete_msg)(dibba_task_ctx_t *t, const ProtobufCMessage *result);
   /* FAILURE. err is a negative errno, UV_E... or DIBBA_E... code; code ("ENOENT") and msg may be NULL. */
-  int (*fail)(dibba_task_ctx_t *t, int err, const char *code, const char *msg);
+  int (*failure)(dibba_task_ctx_t *t, int err, const char *code, const char *msg);
   /* RETRY after delay_ms (< 0: the driver's backoff). The driver turns it into FAILURE past max_retries. */
   int (*retry)(dibba_task_ctx_t *t, int64_t delay_ms, const char *reason);
   /* One log line tagged with the task id and name. */
@@ -112,7 +112,7 @@ static inline int dibba_task_progress(dibba_task_ctx_t *t, uint64_t cur, uint64_
 }
 static inline int dibba_task_complete(dibba_task_ctx_t *t, json_t *result) { return t->ops->complete(t, result); }
 static inline int dibba_task_fail(dibba_task_ctx_t *t, int err, const char *code, const char *msg) {
-  return t->ops->fail(t, err, code, msg);
+  return t->ops->failure(t, err, code, msg);
 }
 
 #endif
