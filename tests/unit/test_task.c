@@ -72,6 +72,7 @@ START_TEST(route_determinism_and_separation) {
   memset(longname, 'a', sizeof longname - 1);
   longname[sizeof longname - 1] = '\0';
   ck_assert_int_eq(dibba_route_host(&k, longname, a), -EINVAL);
+  dibba_task_key_free(&k2);
   ck_assert_int_eq(dibba_task_key_init(&k2, "short", 5), -EINVAL);
   char sk[64];
   ck_assert_int_eq(dibba_route_role(&k, "aws", a), 0);
