@@ -18,8 +18,8 @@
 #define HASH_LEN 32
 #define SALT_MIN 8
 #define SALT_MAX 64
-#define HASH_MIN 16
 #define HASH_MAX 64
+#define MEM_MAX (UINT64_C(1) << 30)
 #define STORED_MAX 512
 
 typedef struct parsed_s {
@@ -33,11 +33,14 @@ typedef struct parsed_s {
 static int params_ok(const dibba_auth_scrypt_t *p) {
   if (p->n < 2 || p->n > (UINT64_C(1) << 20) || (p->n & (p->n - 1)) != 0)
     return 0;
-  return p->r >= 1 && p->r <= 32 && p->p >= 1 && p->p <= 16;
+  if (p->r < 1 || p->r > 32 || p->p < 1 || p->p > 16)
+    return 0;
+  /* A hash read from the users file must not be able to ask for more than 1 GiB. */
+  return 128u * (uint64_t)p->r * p->n <= MEM_MAX;
 }
 
 /* Memory scrypt needs for these parameters, plus slack; passed to OpenSSL so its 32 MiB default does not
- * refuse N=32768, r=8. Bounded by params_ok: at most 128*32*2^20 + 128*32*16 + 1 MiB. */
+ * refuse N=32768, r=8. Bounded by params_ok: about 1 GiB at most. */
 static uint64_t maxmem(const dibba_auth_scrypt_t *p) {
   return 128u * (uint64_t)p->r * (p->n + 2) + 128u * (uint64_t)p->r * p->p + (1u << 20);
 }
@@ -85,7 +88,8 @@ static int parse(const char *stored, parsed_t *out) {
     return -EINVAL;
   long sl = dibba__b64url_decode(f[4], flen[4], out->salt, sizeof out->salt);
   long hl = dibba__b64url_decode(f[5], flen[5], out->hash, sizeof out->hash);
-  if (sl < SALT_MIN || hl < HASH_MIN)
+  /* Exactly HASH_LEN: scrypt's output is a prefix-stable PBKDF2, so a cut-short hash would still match. */
+  if (sl < SALT_MIN || hl != HASH_LEN)
     return -EINVAL;
   out->saltlen = (size_t)sl;
   out->hashlen = (size_t)hl;

@@ -69,6 +69,8 @@ int dibba_auth_scrypt_config(const dibba_config_t *cfg, dibba_auth_scrypt_t *out
     return rc;
   if ((n & (n - 1)) != 0)
     return dibba_error_set(err, errlen, DIBBA_ECONFIG, "config: auth.scrypt_n: must be a power of two");
+  if (128 * r * n > (INT64_C(1) << 30))
+    return dibba_error_set(err, errlen, DIBBA_ECONFIG, "config: auth.scrypt_n * auth.scrypt_r: more than 1 GiB");
   out->n = (uint64_t)n;
   out->r = (uint32_t)r;
   out->p = (uint32_t)p;

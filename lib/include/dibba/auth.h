@@ -45,7 +45,7 @@ typedef struct dibba_auth_scrypt_s {
   uint32_t p; /* parallelism, 1-16 */
 } dibba_auth_scrypt_t;
 
-/* Defaults: N=32768, r=8, p=1 (32 MiB, some tens of ms). */
+/* Defaults: N=32768, r=8, p=1 (32 MiB, some tens of ms). Verification refuses 128*r*N above 1 GiB. */
 #define DIBBA_AUTH_SCRYPT_DEFAULT ((dibba_auth_scrypt_t){32768, 8, 1})
 
 /* Hash a password with scrypt and a fresh 16-byte random salt into a malloc'd string
