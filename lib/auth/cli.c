@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* `dibba-api user ...`: bootstrap and manage users in the users file from the command line. */
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -221,7 +224,7 @@ int dibba_auth_command(const dibba_config_t *cfg, int argc, char **argv) {
   char *path = NULL;
   dibba_auth_scrypt_t params;
   dibba_auth_users_t u;
-  int rc;
+  int rc, lockfd = -1;
   memset(&u, 0, sizeof u);
   if (argc < 1 || strcmp(argv[0], "user") != 0)
     return usage_error(argc < 1 ? "missing command" : "unknown command (try: user)");
@@ -230,6 +233,14 @@ int dibba_auth_command(const dibba_config_t *cfg, int argc, char **argv) {
   if (dibba_auth_users_path(cfg, &path, err, sizeof err) < 0 ||
       dibba_auth_scrypt_config(cfg, &params, err, sizeof err) < 0)
     return fail("%s", err);
+  /* Two CLI runs at once must not lose each other's change: hold the directory's lock across load and save. */
+  char *dircopy = dibba_xstrdup(path);
+  lockfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  free(dircopy);
+  if (lockfd >= 0 && flock(lockfd, LOCK_EX) < 0) {
+    close(lockfd);
+    lockfd = -1;
+  }
   dibba_auth_users_init(&u, path, &params);
   if (dibba_auth_users_load(&u, err, sizeof err) < 0) {
     rc = fail("%s", err);
@@ -239,6 +250,8 @@ int dibba_auth_command(const dibba_config_t *cfg, int argc, char **argv) {
 out:
   fflush(stdout);
   dibba_auth_users_free(&u);
+  if (lockfd >= 0)
+    close(lockfd);
   free(path);
   return rc;
 }
