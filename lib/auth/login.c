@@ -89,3 +89,50 @@ int dibba_auth_login_async(uv_loop_t *loop, dibba_auth_users_t *u, const char *n
   u->pending++;
   return 0;
 }
+
+typedef struct hash_req_s {
+  uv_work_t work;
+  char *pw;
+  size_t len;
+  dibba_auth_scrypt_t params;
+  char *hash;
+  int result;
+  dibba_auth_hash_cb cb;
+  void *data;
+} hash_req_t;
+
+static void hash_work_cb(uv_work_t *w) {
+  hash_req_t *h = w->data;
+  h->result = dibba_auth_password_hash(h->pw, h->len, &h->params, &h->hash);
+}
+
+static void hash_after_cb(uv_work_t *w, int status) {
+  hash_req_t *h = w->data;
+  int r = status < 0 ? status : h->result;
+  h->cb(r, r == 0 ? h->hash : NULL, h->data);
+  wipe_free(h->pw, h->len);
+  if (h->hash)
+    wipe_free(h->hash, strlen(h->hash));
+  free(h);
+}
+
+int dibba_auth_password_hash_async(uv_loop_t *loop, const char *pw, size_t len, const dibba_auth_scrypt_t *params,
+                                   dibba_auth_hash_cb cb, void *data) {
+  if (!dibba_auth_password_valid(pw, len) || cb == NULL)
+    return -EINVAL;
+  hash_req_t *h = dibba_xcalloc(1, sizeof *h);
+  h->pw = dibba_xmalloc(len + 1);
+  memcpy(h->pw, pw, len);
+  h->pw[len] = '\0';
+  h->len = len;
+  h->params = params ? *params : DIBBA_AUTH_SCRYPT_DEFAULT;
+  h->cb = cb;
+  h->data = data;
+  h->work.data = h;
+  int r = uv_queue_work(loop, &h->work, hash_work_cb, hash_after_cb);
+  if (r < 0) {
+    wipe_free(h->pw, h->len);
+    free(h);
+  }
+  return r;
+}

@@ -1016,6 +1016,30 @@ START_TEST(login_async) {
 }
 END_TEST
 
+static char *async_hash;
+static int async_hash_status = 1;
+
+static void on_hashed(int status, const char *hash, void *data) {
+  (void)data;
+  async_hash_status = status;
+  async_hash = hash ? dibba_xstrdup(hash) : NULL;
+}
+
+START_TEST(password_hash_async) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(dibba_auth_password_hash_async(&loop, "short", 5, &fast, on_hashed, NULL), -EINVAL);
+  ck_assert_int_eq(dibba_auth_password_hash_async(&loop, "async-password", 14, &fast, on_hashed, NULL), 0);
+  ck_assert_int_eq(async_hash_status, 1);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(async_hash_status, 0);
+  ck_assert_ptr_nonnull(async_hash);
+  ck_assert_int_eq(dibba_auth_password_verify(async_hash, "async-password", 14), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  free(async_hash);
+}
+END_TEST
+
 /* ---- CLI, through the built dibba-api ---- */
 
 static char *api_bin(void) {
@@ -1214,6 +1238,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, users_path_resolution);
   tcase_add_test(tc, users_save_async);
   tcase_add_test(tc, login_async);
+  tcase_add_test(tc, password_hash_async);
   suite_add_tcase(s, tc);
   tc = tcase_create("cli");
   tcase_set_timeout(tc, 60);

@@ -135,9 +135,18 @@ typedef void (*dibba_auth_login_cb)(int status, const char *name, dibba_auth_rol
  * against a copy of the stored hash, or against a dummy hash when the user does not exist. When the work is done
  * the user is looked up again, so a user deleted, disabled or given a new password meanwhile is refused.
  * The password is copied and wiped. cb is called exactly once, on the loop, never from inside this call.
- * Returns 0, -EINVAL (password longer than DIBBA_AUTH_PASSWORD_MAX) or a uv error (cb then not called). */
+ * Returns 0, -EINVAL (NULL arguments, a name over 256 bytes or a password over DIBBA_AUTH_PASSWORD_MAX) or a uv
+ * error (cb then not called). Rate limiting is the caller's: dibba_auth_rl_check before, _fail/_success after. */
 int dibba_auth_login_async(uv_loop_t *loop, dibba_auth_users_t *u, const char *name, const char *pw, size_t len,
                            dibba_auth_login_cb cb, void *data);
+
+/* hash: the new "scrypt$..." string, only valid during the call (copy it), or NULL when status < 0. */
+typedef void (*dibba_auth_hash_cb)(int status, const char *hash, void *data);
+/* dibba_auth_password_hash on the worker pool, for /v1/users add and set-password. The password is copied and
+ * wiped. cb runs once on the loop with 0, -EINVAL, -ENOMEM or UV_ECANCELED. Returns 0, -EINVAL (invalid
+ * password: checked here, before queueing) or a uv error (cb then not called). */
+int dibba_auth_password_hash_async(uv_loop_t *loop, const char *pw, size_t len, const dibba_auth_scrypt_t *params,
+                                   dibba_auth_hash_cb cb, void *data);
 
 /* ---- JWT -------------------------------------------------------------------------------------------------- */
 
