@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 
 #include "dibba/alloc.h"
 
@@ -33,6 +34,8 @@ static void wipe_free(char *s, size_t n) {
 static void work_cb(uv_work_t *w) {
   login_t *l = w->data;
   l->result = dibba_auth_password_verify(l->hash, l->pw, l->len);
+  /* Pool threads live until exit: drop OpenSSL's per-thread state now rather than leave it to thread exit. */
+  OPENSSL_thread_stop();
 }
 
 static void after_cb(uv_work_t *w, int status) {
@@ -104,6 +107,7 @@ typedef struct hash_req_s {
 static void hash_work_cb(uv_work_t *w) {
   hash_req_t *h = w->data;
   h->result = dibba_auth_password_hash(h->pw, h->len, &h->params, &h->hash);
+  OPENSSL_thread_stop();
 }
 
 static void hash_after_cb(uv_work_t *w, int status) {
