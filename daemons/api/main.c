@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dibba/auth.h"
 #include "dibba/config.h"
 #include "dibba/daemon.h"
 #include "dibba/log.h"
@@ -29,11 +30,14 @@ static void api_stop(dibba_daemon_t *d) {
   }
 }
 
+static int api_command(dibba_daemon_t *d, int argc, char **argv) { return dibba_auth_command(&d->cfg, argc, argv); }
+
 int main(int argc, char **argv) {
   static const dibba_daemon_ops_t ops = {
       .name = "dibba-api",
       .start = api_start,
       .stop = api_stop,
+      .command = api_command,
   };
   api_t api;
   memset(&api, 0, sizeof api);
