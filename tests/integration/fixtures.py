@@ -242,16 +242,21 @@ def iptables_cleanup(subnets, net_names=()):
                 changed = True
             if not changed:
                 break
-    # portmap's shared chains: drop them only when no rule lives in them (no container anywhere uses them).
+    # portmap's shared chains (CNI-HOSTPORT-*): drop them only when no port mapping is active anywhere on the
+    # machine (no rule in CNI-HOSTPORT-DNAT, no per-container CNI-DN-* chain); portmap recreates them on demand.
     save = quiet(["iptables-save", "-t", "nat"])
     if save and save.returncode == 0:
         lines = save.stdout.splitlines()
         shared = [l[1:].split()[0] for l in lines if l.startswith(":CNI-HOSTPORT-")]
-        for c in shared:
-            if not any(l.startswith("-A %s " % c) for l in lines):
-                for l in lines:
-                    if l.startswith("-A ") and (" -j %s" % c) in l:
-                        quiet(["sh", "-c", "iptables -t nat %s" % l.replace("-A ", "-D ", 1)])
+        active = any(l.startswith("-A CNI-HOSTPORT-DNAT ") or l.startswith(":CNI-DN-") for l in lines)
+        if shared and not active:
+            for l in lines:
+                if l.startswith("-A ") and not l.startswith("-A CNI-HOSTPORT-") and \
+                        any((" -j %s" % c) in l for c in shared):
+                    quiet(["sh", "-c", "iptables -t nat %s" % l.replace("-A ", "-D ", 1)])
+            for c in shared:
+                quiet(["iptables", "-t", "nat", "-F", c])
+            for c in shared:
                 quiet(["iptables", "-t", "nat", "-X", c])
 
 
@@ -1032,7 +1037,7 @@ def leftovers(session_dir=None):
     for table in ("nat", "filter"):
         save = quiet(["iptables-save", "-t", table])
         for l in (save.stdout.splitlines() if save else []):
-            if TEST_SUBNET_BASE + "." in l:
+            if TEST_SUBNET_BASE + "." in l or (l.startswith(":CNI-") and table == "nat"):
                 found.append("iptables %s: %s" % (table, l))
     return found
 
