@@ -278,15 +278,12 @@ def up(a):
         write_private(pw_path, fixtures.secrets.token_urlsafe(18) + "\n")
     password = open(pw_path).read().strip()
     api_bin = os.path.join(build, "daemons", "api", "dibba-api")
-    if os.environ.get("DIBBA_DEV_SKIP_ADMIN") == "1":
-        say("DIBBA_DEV_SKIP_ADMIN=1: not creating the admin user")
-    else:
-        r = subprocess.run([api_bin, "--config", p("dibba.json"), "user", "add", "admin", "--role", "admin",
-                            "--password-stdin"], input=password + "\n", capture_output=True, text=True,
-                           env=daemon_env("admin"), timeout=60)
-        if r.returncode != 0 and not (existed and "exist" in (r.stdout + r.stderr).lower()):
-            die("creating the admin user failed (exit %d): %s" % (r.returncode, (r.stderr or r.stdout).strip()))
-        say("admin user ready")
+    r = subprocess.run([api_bin, "--config", p("dibba.json"), "user", "add", "admin", "--role", "admin",
+                        "--password-stdin"], input=password + "\n", capture_output=True, text=True,
+                       env=daemon_env("admin"), timeout=60)
+    if r.returncode != 0 and not (existed and "exist" in (r.stdout + r.stderr).lower()):
+        die("creating the admin user failed (exit %d): %s" % (r.returncode, (r.stderr or r.stdout).strip()))
+    say("admin user ready")
 
     for name in DAEMONS:
         spawn(name, [os.path.join(build, "daemons", name, "dibba-" + name), "--config", p("dibba.json")],
