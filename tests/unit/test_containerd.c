@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Tests for lib/containerd against a real, private containerd that this test starts and removes. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dibba/alloc.h"
+#include "dibba/containerd.h"
+#include "dibba/error.h"
+
+extern char **environ;
+
+static char tmpdir[64];
+static char sockpath[128];
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static pid_t read_pid(void) {
+  char p[160];
+  snprintf(p, sizeof p, "%s/containerd.pid", tmpdir);
+  FILE *f = fopen(p, "r");
+  int pid = 0;
+  if (f) {
+    if (fscanf(f, "%d", &pid) != 1)
+      pid = 0;
+    fclose(f);
+  }
+  return (pid_t)pid;
+}
+
+/* Start containerd on the private config and wait (up to 20 s) for its socket to accept connections. */
+static void containerd_start(void) {
+  char cfg[160], log[160], pidf[160], pidtext[32];
+  snprintf(cfg, sizeof cfg, "%s/config.toml", tmpdir);
+  snprintf(log, sizeof log, "%s/containerd.log", tmpdir);
+  snprintf(pidf, sizeof pidf, "%s/containerd.pid", tmpdir);
+  unlink(sockpath);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  char *argv[] = {"containerd", "--config", cfg, NULL};
+  pid_t pid;
+  int rc = posix_spawnp(&pid, "containerd", &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ck_assert_msg(rc == 0, "spawn containerd: %s", strerror(rc));
+  snprintf(pidtext, sizeof pidtext, "%d\n", (int)pid);
+  write_file(pidf, pidtext);
+  for (int i = 0; i < 200; i++) {
+    struct stat st;
+    if (stat(sockpath, &st) == 0 && S_ISSOCK(st.st_mode))
+      return;
+    ck_assert_msg(waitpid(pid, NULL, WNOHANG) == 0, "containerd exited; see %s", log);
+    usleep(100 * 1000);
+  }
+  ck_abort_msg("containerd socket %s did not appear", sockpath);
+}
+
+static void containerd_kill(void) {
+  pid_t pid = read_pid();
+  if (pid > 0 && kill(pid, SIGKILL) == 0) {
+    /* Reap it when it is our child; otherwise wait until it is gone. */
+    if (waitpid(pid, NULL, 0) < 0)
+      for (int i = 0; i < 100 && kill(pid, 0) == 0; i++)
+        usleep(20 * 1000);
+  }
+}
+
+/* Unchecked fixture (runs in the parent): one containerd for the whole suite, removed even when tests fail. */
+static void setup(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/dibba-ctd-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  snprintf(sockpath, sizeof sockpath, "%s/containerd.sock", tmpdir);
+  char *cfg = dibba_xasprintf("version = 2\n"
+                              "root = \"%s/root\"\n"
+                              "state = \"%s/state\"\n"
+                              "[grpc]\n  address = \"%s\"\n"
+                              "[ttrpc]\n  address = \"%s.ttrpc\"\n"
+                              "[debug]\n  address = \"\"\n"
+                              "[metrics]\n  address = \"\"\n"
+                              "[plugins.\"io.containerd.grpc.v1.cri\"]\n"
+                              "  disable_tcp_service = true\n"
+                              "  stream_server_address = \"127.0.0.1\"\n"
+                              "  stream_server_port = \"0\"\n"
+                              "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"%s/opt\"\n",
+                              tmpdir, tmpdir, sockpath, sockpath, tmpdir);
+  char path[160];
+  snprintf(path, sizeof path, "%s/config.toml", tmpdir);
+  write_file(path, cfg);
+  free(cfg);
+  containerd_start();
+}
+
+static void teardown(void) {
+  containerd_kill();
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "umount -R -l %s/root 2>/dev/null; umount -R -l %s/state 2>/dev/null; rm -rf %s", tmpdir,
+           tmpdir, tmpdir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "cleanup of %s failed\n", tmpdir);
+}
+
+/* ---------------- loop harness ---------------- */
+
+typedef struct {
+  uv_loop_t loop;
+  dibba_containerd_t *ctd;
+  int ready;
+  int failures;
+  int closed;
+  /* events */
+  int resubscribe;
+  dibba_grpc_call_t *sub;
+  int sub_done;
+  int events;
+  char last_ns_event[128];
+} env_t;
+
+static void tick(uv_timer_t *t) {}
+
+static int run_until(uv_loop_t *loop, const int *flag, int want, uint64_t ms) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, tick, 10, 10);
+  uint64_t end = uv_now(loop) + ms;
+  while (*flag < want && uv_now(loop) < end)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return *flag >= want;
+}
+
+static void on_event(dibba_containerd_t *ctd, Containerd__Services__Events__V1__Envelope *env, void *data) {
+  env_t *e = data;
+  e->events++;
+  ProtobufCMessage *m = dibba_containerd_event_decode(env);
+  if (m && m->descriptor == &containerd__events__namespace_create__descriptor)
+    snprintf(e->last_ns_event, sizeof e->last_ns_event, "%s:%s", env->topic,
+             ((Containerd__Events__NamespaceCreate *)m)->name);
+  if (m)
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void on_sub_done(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st, void *data) {
+  env_t *e = data;
+  e->sub = NULL;
+  e->sub_done++;
+}
+
+static void subscribe(env_t *e) {
+  char *filters[] = {"topic==\"/namespaces/create\""};
+  Containerd__Services__Events__V1__SubscribeRequest req = CONTAINERD__SERVICES__EVENTS__V1__SUBSCRIBE_REQUEST__INIT;
+  req.n_filters = 1;
+  req.filters = filters;
+  /* A subscription lives long: give it a deadline far beyond the default. */
+  dibba_containerd_call_opts_t lo = {.timeout_ms = 3600 * 1000};
+  ck_assert_int_eq(dibba_containerd_events_subscribe(e->ctd, &lo, &req, on_event, on_sub_done, e, &e->sub), 0);
+}
+
+static void on_state(dibba_containerd_t *ctd, dibba_grpc_state_t st, int err, void *data) {
+  env_t *e = data;
+  if (st == DIBBA_GRPC_READY) {
+    e->ready++;
+    if (e->resubscribe && !e->sub)
+      subscribe(e); /* re-establish the stream after a reconnect */
+  }
+  if (st == DIBBA_GRPC_TRANSIENT_FAILURE)
+    e->failures++;
+}
+
+static void on_closed(dibba_containerd_t *ctd, void *data) { ((env_t *)data)->closed = 1; }
+
+static void env_up(env_t *e) {
+  memset(e, 0, sizeof *e);
+  ck_assert_int_eq(uv_loop_init(&e->loop), 0);
+  char addr[160];
+  snprintf(addr, sizeof addr, "unix://%s", sockpath);
+  dibba_containerd_opts_t o = {.socket = addr, .ns = "dibba-test", .state_cb = on_state, .data = e};
+  ck_assert_int_eq(dibba_containerd_new(&e->loop, &o, &e->ctd), 0);
+  ck_assert(run_until(&e->loop, &e->ready, 1, 5000));
+}
+
+static void env_down(env_t *e) {
+  dibba_containerd_close(e->ctd, on_closed, e);
+  dibba_containerd_close(e->ctd, on_closed, e);
+  ck_assert(run_until(&e->loop, &e->closed, 1, 5000));
+  uv_run(&e->loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&e->loop), 0);
+}
+
+typedef struct {
+  int done;
+  int err;
+  dibba_grpc_code_t code;
+  char text[256];
+  int found;
+} res_t;
+
+static void on_version(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                       Containerd__Services__Version__V1__VersionResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->code = st->code;
+  if (resp)
+    snprintf(r->text, sizeof r->text, "%s", resp->version);
+}
+
+static void on_ns_create(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Namespaces__V1__CreateNamespaceResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+}
+
+static void on_ns_list(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                       Containerd__Services__Namespaces__V1__ListNamespacesResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  for (size_t i = 0; resp && i < resp->n_namespaces; i++)
+    if (!strcmp(resp->namespaces[i]->name, "dibba-ns1"))
+      r->found = 1;
+}
+
+static void on_ctr_get(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                       Containerd__Services__Containers__V1__GetContainerResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->code = st->code;
+  r->found = resp != NULL;
+  snprintf(r->text, sizeof r->text, "%s", st->message);
+}
+
+static void on_plugins(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                       Containerd__Services__Introspection__V1__PluginsResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  for (size_t i = 0; resp && i < resp->n_plugins; i++)
+    if (!strcmp(resp->plugins[i]->type, "io.containerd.snapshotter.v1") && !strcmp(resp->plugins[i]->id, "overlayfs"))
+      r->found = 1;
+}
+
+static void on_cri_list(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                        Runtime__V1__ListImagesResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  snprintf(r->text, sizeof r->text, "%s", st->message);
+}
+
+static void on_cri_status(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                          Runtime__V1__ImageStatusResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->found = resp && resp->image; /* CRI answers OK with no image for an unknown one */
+}
+
+static void on_tasks_list(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                          Containerd__Services__Tasks__V1__ListTasksResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->found = resp ? (int)resp->n_tasks : -1;
+}
+
+static void version(env_t *e, res_t *r) {
+  Google__Protobuf__Empty req = GOOGLE__PROTOBUF__EMPTY__INIT;
+  ck_assert_int_eq(dibba_containerd_version(e->ctd, NULL, &req, on_version, r), 0);
+}
+
+START_TEST(version_namespaces_and_not_found) {
+  env_t e;
+  env_up(&e);
+  res_t v = {0};
+  version(&e, &v);
+  ck_assert(run_until(&e.loop, &v.done, 1, 10000));
+  ck_assert_int_eq(v.err, 0);
+  ck_assert_msg(!strncmp(v.text, "1.6.", 4), "version %s", v.text);
+
+  Containerd__Services__Namespaces__V1__Namespace ns = CONTAINERD__SERVICES__NAMESPACES__V1__NAMESPACE__INIT;
+  ns.name = "dibba-ns1";
+  Containerd__Services__Namespaces__V1__CreateNamespaceRequest creq =
+      CONTAINERD__SERVICES__NAMESPACES__V1__CREATE_NAMESPACE_REQUEST__INIT;
+  creq.namespace_ = &ns;
+  res_t c1 = {0}, c2 = {0}, l = {0};
+  ck_assert_int_eq(dibba_containerd_namespaces_create(e.ctd, NULL, &creq, on_ns_create, &c1), 0);
+  ck_assert(run_until(&e.loop, &c1.done, 1, 10000));
+  ck_assert_int_eq(c1.err, 0);
+  ck_assert_int_eq(dibba_containerd_namespaces_create(e.ctd, NULL, &creq, on_ns_create, &c2), 0);
+  ck_assert(run_until(&e.loop, &c2.done, 1, 10000));
+  ck_assert_int_eq(c2.err, -EEXIST);
+  Containerd__Services__Namespaces__V1__ListNamespacesRequest lreq =
+      CONTAINERD__SERVICES__NAMESPACES__V1__LIST_NAMESPACES_REQUEST__INIT;
+  ck_assert_int_eq(dibba_containerd_namespaces_list(e.ctd, NULL, &lreq, on_ns_list, &l), 0);
+  ck_assert(run_until(&e.loop, &l.done, 1, 10000));
+  ck_assert_int_eq(l.err, 0);
+  ck_assert_int_eq(l.found, 1);
+
+  Containerd__Services__Containers__V1__GetContainerRequest greq =
+      CONTAINERD__SERVICES__CONTAINERS__V1__GET_CONTAINER_REQUEST__INIT;
+  greq.id = "no-such-container";
+  res_t g = {0};
+  dibba_containerd_call_opts_t per_call = {.ns = "dibba-ns1", .timeout_ms = 5000};
+  ck_assert_int_eq(dibba_containerd_containers_get(e.ctd, &per_call, &greq, on_ctr_get, &g), 0);
+  ck_assert(run_until(&e.loop, &g.done, 1, 10000));
+  ck_assert_int_eq(g.code, DIBBA_GRPC_NOT_FOUND);
+  ck_assert_int_eq(g.err, -ENOENT);
+  ck_assert_int_eq(g.found, 0);
+  ck_assert_ptr_nonnull(strstr(g.text, "no-such-container"));
+
+  Containerd__Services__Tasks__V1__ListTasksRequest treq = CONTAINERD__SERVICES__TASKS__V1__LIST_TASKS_REQUEST__INIT;
+  res_t t = {0};
+  ck_assert_int_eq(dibba_containerd_tasks_list(e.ctd, NULL, &treq, on_tasks_list, &t), 0);
+  ck_assert(run_until(&e.loop, &t.done, 1, 10000));
+  ck_assert_int_eq(t.err, 0);
+  ck_assert_int_eq(t.found, 0);
+  env_down(&e);
+}
+END_TEST
+
+START_TEST(fifty_concurrent_versions) {
+  env_t e;
+  env_up(&e);
+  res_t r[50];
+  memset(r, 0, sizeof r);
+  for (int i = 0; i < 50; i++)
+    version(&e, &r[i]);
+  for (int i = 0; i < 50; i++) {
+    ck_assert(run_until(&e.loop, &r[i].done, 1, 10000));
+    ck_assert_int_eq(r[i].err, 0);
+    ck_assert(!strncmp(r[i].text, "1.6.", 4));
+  }
+  env_down(&e);
+}
+END_TEST
+
+START_TEST(introspection_and_cri_images) {
+  env_t e;
+  env_up(&e);
+  Containerd__Services__Introspection__V1__PluginsRequest preq =
+      CONTAINERD__SERVICES__INTROSPECTION__V1__PLUGINS_REQUEST__INIT;
+  res_t p = {0};
+  ck_assert_int_eq(dibba_containerd_introspection_plugins(e.ctd, NULL, &preq, on_plugins, &p), 0);
+  ck_assert(run_until(&e.loop, &p.done, 1, 10000));
+  ck_assert_int_eq(p.err, 0);
+  ck_assert_int_eq(p.found, 1);
+
+  Runtime__V1__ListImagesRequest lreq = RUNTIME__V1__LIST_IMAGES_REQUEST__INIT;
+  res_t l = {0};
+  ck_assert_int_eq(dibba_containerd_cri_list_images(e.ctd, NULL, &lreq, on_cri_list, &l), 0);
+  ck_assert(run_until(&e.loop, &l.done, 1, 10000));
+  ck_assert_msg(l.err == 0, "CRI ListImages: %s (%s)", dibba_strerror(l.err), l.text);
+  Runtime__V1__ImageSpec spec = RUNTIME__V1__IMAGE_SPEC__INIT;
+  spec.image = "docker.io/library/does-not-exist:latest";
+  Runtime__V1__ImageStatusRequest sreq = RUNTIME__V1__IMAGE_STATUS_REQUEST__INIT;
+  sreq.image = &spec;
+  res_t s = {0};
+  ck_assert_int_eq(dibba_containerd_cri_image_status(e.ctd, NULL, &sreq, on_cri_status, &s), 0);
+  ck_assert(run_until(&e.loop, &s.done, 1, 10000));
+  ck_assert_int_eq(s.err, 0);
+  ck_assert_int_eq(s.found, 0);
+  env_down(&e);
+}
+END_TEST
+
+static void create_ns(env_t *e, const char *name, res_t *r) {
+  Containerd__Services__Namespaces__V1__Namespace ns = CONTAINERD__SERVICES__NAMESPACES__V1__NAMESPACE__INIT;
+  ns.name = (char *)name;
+  Containerd__Services__Namespaces__V1__CreateNamespaceRequest req =
+      CONTAINERD__SERVICES__NAMESPACES__V1__CREATE_NAMESPACE_REQUEST__INIT;
+  req.namespace_ = &ns;
+  ck_assert_int_eq(dibba_containerd_namespaces_create(e->ctd, NULL, &req, on_ns_create, r), 0);
+}
+
+/* Create namespaces until the subscription reports one (it is live only once containerd has registered it). */
+static void expect_ns_event(env_t *e, const char *prefix) {
+  char name[64], want[128];
+  for (int i = 0; i < 20; i++) {
+    res_t r = {0};
+    snprintf(name, sizeof name, "%s-%d", prefix, i);
+    create_ns(e, name, &r);
+    ck_assert(run_until(&e->loop, &r.done, 1, 10000));
+    ck_assert_int_eq(r.err, 0);
+    snprintf(want, sizeof want, "/namespaces/create:%s", name);
+    int seen = 0;
+    for (int t = 0; t < 25 && !seen; t++) {
+      run_until(&e->loop, &seen, 1, 20);
+      seen = !strcmp(e->last_ns_event, want);
+    }
+    if (seen)
+      return;
+  }
+  ck_abort_msg("no /namespaces/create event for %s-*", prefix);
+}
+
+START_TEST(events_and_reconnect_after_kill) {
+  env_t e;
+  env_up(&e);
+  e.resubscribe = 1;
+  subscribe(&e);
+  expect_ns_event(&e, "ev-a");
+  ck_assert_int_eq(e.sub_done, 0);
+
+  /* kill -9 containerd: the stream ends with UNAVAILABLE and the client reconnects by itself. */
+  containerd_kill();
+  ck_assert(run_until(&e.loop, &e.sub_done, 1, 10000));
+  ck_assert(run_until(&e.loop, &e.failures, 1, 10000));
+  res_t down = {0};
+  Google__Protobuf__Empty empty = GOOGLE__PROTOBUF__EMPTY__INIT;
+  int rc = dibba_containerd_version(e.ctd, NULL, &empty, on_version, &down);
+  if (rc == 0) /* accepted while a reconnect attempt was in progress: it fails once that attempt fails */
+    ck_assert(run_until(&e.loop, &down.done, 1, 10000));
+  else
+    ck_assert_int_eq(rc, UV_ECONNREFUSED);
+  int ready_before = e.ready;
+  containerd_start();
+  ck_assert(run_until(&e.loop, &e.ready, ready_before + 1, 15000));
+  res_t v = {0};
+  version(&e, &v);
+  ck_assert(run_until(&e.loop, &v.done, 1, 10000));
+  ck_assert_int_eq(v.err, 0);
+  ck_assert_ptr_nonnull(e.sub); /* the state callback subscribed again */
+  expect_ns_event(&e, "ev-b");
+  e.resubscribe = 0;
+  dibba_grpc_call_cancel(e.sub);
+  ck_assert(run_until(&e.loop, &e.sub_done, 2, 5000));
+  env_down(&e);
+}
+END_TEST
+
+int main(void) {
+  dibba_alloc_init();
+  Suite *s = suite_create("containerd");
+  TCase *tc = tcase_create("live");
+  tcase_add_unchecked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 90);
+  tcase_add_test(tc, version_namespaces_and_not_found);
+  tcase_add_test(tc, fifty_concurrent_versions);
+  tcase_add_test(tc, introspection_and_cri_images);
+  tcase_add_test(tc, events_and_reconnect_after_kill);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
