@@ -46,11 +46,20 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
   api->router = dibba_http_router_new();
   api->http = dibba_http_server_new(&d->loop, api->router, &lim);
   const dibba_http_route_t routes[] = {
-      {.method = "GET", .pattern = "/healthz", .handler = healthz, .summary = "Liveness probe",
+      {.method = "GET",
+       .pattern = "/healthz",
+       .handler = healthz,
+       .summary = "Liveness probe",
        .response_schema = "{\"type\":\"object\",\"properties\":{\"status\":{\"type\":\"string\"}}}"},
-      {.method = "GET", .pattern = "/metrics", .handler = dibba_http_metrics_handler, .data = api->http,
+      {.method = "GET",
+       .pattern = "/metrics",
+       .handler = dibba_http_metrics_handler,
+       .data = api->http,
        .summary = "Prometheus metrics"},
-      {.method = "GET", .pattern = "/openapi.json", .handler = dibba_http_openapi_handler, .data = api->http,
+      {.method = "GET",
+       .pattern = "/openapi.json",
+       .handler = dibba_http_openapi_handler,
+       .data = api->http,
        .summary = "This API's OpenAPI document"},
   };
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {

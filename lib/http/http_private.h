@@ -52,8 +52,8 @@ struct dibba_http_req_s {
   int state;
   int method;
   uint8_t major, minor;
-  unsigned keep_alive : 1, queued : 1, streaming : 1, stream_ended : 1, is_error : 1, want_continue : 1,
-      upgrade : 1, headers_done : 1, cancelled : 1, close_after : 1, in_hdr_value : 1, has_host : 1, te_seen : 1;
+  unsigned keep_alive : 1, queued : 1, streaming : 1, stream_ended : 1, is_error : 1, want_continue : 1, upgrade : 1,
+      headers_done : 1, cancelled : 1, close_after : 1, in_hdr_value : 1, has_host : 1, te_seen : 1;
   dibba_buf_t head; /* url, then header names and values, each NUL-terminated */
   size_t url_len;
   char *path, *query; /* NUL-terminated copies split from the url */
@@ -146,13 +146,13 @@ struct dibba__http_conn_s {
   TAILQ_ENTRY(dibba__http_conn_s) resume_link;
   int pending_closes, refs;
   int mode;
-  unsigned closing : 1, reading : 1, parse_paused : 1, upgrade_wait : 1, peer_eof : 1, shutting : 1,
-      in_resume : 1, in_parse : 1, ws_open_pending : 1, linked : 1;
+  unsigned closing : 1, reading : 1, parse_paused : 1, upgrade_wait : 1, peer_eof : 1, shutting : 1, in_resume : 1,
+      in_parse : 1, ws_open_pending : 1, linked : 1;
   dibba__http_parser_t parser;
   TAILQ_HEAD(, dibba_http_req_s) reqs;
   size_t nreqs;
-  size_t buffered; /* bytes in req->out of queued requests */
-  dibba_buf_t pending; /* unparsed input kept while parsing is paused */
+  size_t buffered;                /* bytes in req->out of queued requests */
+  dibba_buf_t pending;            /* unparsed input kept while parsing is paused */
   dibba_http_req_t *continue_req; /* waiting for its 100 Continue */
   char remote[64];
   dibba_ws_t ws;
@@ -192,8 +192,7 @@ const dibba__http_route_t *dibba__http_route_match(const dibba_http_router_t *r,
                                                    char *allow, size_t allowlen);
 
 /* ---- metrics ---- */
-void dibba__http_metrics_observe(dibba_http_server_t *s, const char *pattern, int method, int status,
-                                 uint64_t dur_ns);
+void dibba__http_metrics_observe(dibba_http_server_t *s, const char *pattern, int method, int status, uint64_t dur_ns);
 void dibba__http_metrics_free(dibba_http_server_t *s);
 
 /* ---- status ---- */

@@ -9,8 +9,7 @@
 #include "http_private.h"
 #include "server.h"
 
-static const double bucket_le[13] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                     0.1,    0.25,  0.5,    1,     2.5,  10};
+static const double bucket_le[13] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 static unsigned slot(const char *pattern, int method, int status) {
   uintptr_t h = (uintptr_t)pattern * 31u + (uintptr_t)(method + 7) * 131u + (uintptr_t)(status + 3) * 7919u;
@@ -32,8 +31,7 @@ static dibba__http_series_t *series(dibba_http_server_t *s, const char *pattern,
   return x;
 }
 
-void dibba__http_metrics_observe(dibba_http_server_t *s, const char *pattern, int method, int status,
-                                 uint64_t dur_ns) {
+void dibba__http_metrics_observe(dibba_http_server_t *s, const char *pattern, int method, int status, uint64_t dur_ns) {
   series(s, pattern, method, status)->count++;
   dibba__http_series_t *h = series(s, pattern, method, -1);
   double sec = (double)dur_ns / 1e9;
@@ -91,8 +89,7 @@ void dibba_http_server_metrics(dibba_http_server_t *s, dibba_buf_t *out) {
           dibba_buf_printf(out, "\",method=\"%s\",le=\"%g\"} %llu\n", mname(x->method), bucket_le[b],
                            (unsigned long long)x->buckets[b]);
         else
-          dibba_buf_printf(out, "\",method=\"%s\",le=\"+Inf\"} %llu\n", mname(x->method),
-                           (unsigned long long)x->count);
+          dibba_buf_printf(out, "\",method=\"%s\",le=\"+Inf\"} %llu\n", mname(x->method), (unsigned long long)x->count);
       }
       dibba_buf_adds(out, "dibba_http_request_duration_seconds_sum{route=\"");
       label(out, x->pattern);

@@ -128,8 +128,8 @@ static int on_header_value_complete(llhttp_t *ll) {
   dibba__http_hdr_t *h = &r->hdrs[r->nhdrs - 1];
   h->val_len = (uint32_t)(r->head.len - h->val_off);
   /* trim trailing whitespace (llhttp strips the leading part) */
-  while (h->val_len > 0 && (r->head.data[h->val_off + h->val_len - 1] == ' ' ||
-                            r->head.data[h->val_off + h->val_len - 1] == '\t'))
+  while (h->val_len > 0 &&
+         (r->head.data[h->val_off + h->val_len - 1] == ' ' || r->head.data[h->val_off + h->val_len - 1] == '\t'))
     h->val_len--;
   r->head.len = h->val_off + h->val_len;
   if (dibba_buf_add(&r->head, "", 1) < 0)

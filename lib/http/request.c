@@ -56,9 +56,7 @@ const char *dibba_http_req_path(const dibba_http_req_t *req) { return req->path 
 const char *dibba_http_req_query(const dibba_http_req_t *req) { return req->query ? req->query : ""; }
 const char *dibba_http_req_route(const dibba_http_req_t *req) { return req->route ? req->route->pattern : NULL; }
 const char *dibba_http_req_id(const dibba_http_req_t *req) { return req->id; }
-const char *dibba_http_req_remote(const dibba_http_req_t *req) {
-  return req->conn ? req->conn->remote : "";
-}
+const char *dibba_http_req_remote(const dibba_http_req_t *req) { return req->conn ? req->conn->remote : ""; }
 dibba_http_server_t *dibba_http_req_server(const dibba_http_req_t *req) { return req->srv; }
 void dibba_http_req_set_data(dibba_http_req_t *req, void *data) { req->data = data; }
 void *dibba_http_req_get_data(const dibba_http_req_t *req) { return req->data; }
@@ -285,7 +283,8 @@ int dibba_http_respond_json(dibba_http_req_t *req, int status, json_t *body) {
 int dibba_http_respond_error(dibba_http_req_t *req, int status, const char *detail) {
   if (status == 401 && req->state < REQ_RESPONDED)
     dibba_http_add_header(req, "WWW-Authenticate", "Bearer");
-  return dibba_http_respond_json(req, status, json_pack("{s:s}", "detail", detail ? detail : dibba__http_reason(status)));
+  return dibba_http_respond_json(req, status,
+                                 json_pack("{s:s}", "detail", detail ? detail : dibba__http_reason(status)));
 }
 
 int dibba_http_respond_422(dibba_http_req_t *req, const char *field, const char *msg, const char *type) {
@@ -375,8 +374,8 @@ static void set_request_id(dibba_http_req_t *req) {
     int ok = n > 0 && n <= DIBBA_HTTP_ID_MAX;
     for (size_t i = 0; ok && i < n; i++) {
       char ch = in[i];
-      ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-           ch == '_' || ch == '.' || ch == ':';
+      ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' ||
+           ch == '.' || ch == ':';
     }
     if (ok) {
       memcpy(req->id, in, n + 1);
@@ -478,9 +477,9 @@ void dibba__http_dispatch(dibba_http_req_t *req) {
     req->json = json_loadb(req->body.data, req->body.len, 0, &jerr);
     if (req->json == NULL) {
       json_t *loc = json_pack("[s,i]", "body", jerr.position);
-      dibba_http_respond_json(req, 422,
-                              json_pack("{s:[{s:o,s:s,s:s}]}", "detail", "loc", loc, "msg", "JSON decode error",
-                                        "type", "json_invalid"));
+      dibba_http_respond_json(
+          req, 422,
+          json_pack("{s:[{s:o,s:s,s:s}]}", "detail", "loc", loc, "msg", "JSON decode error", "type", "json_invalid"));
       goto out;
     }
   } else if (rt->body == DIBBA_HTTP_BODY_JSON &&
@@ -491,9 +490,10 @@ void dibba__http_dispatch(dibba_http_req_t *req) {
   if (rt->ws) {
     int st = dibba__ws_check(req);
     if (st) {
-      dibba_http_respond_error(req, st, st == 426 ? "WebSocket version 13 upgrade required"
-                                       : st == 403 ? "Origin not allowed"
-                                                   : "Invalid WebSocket upgrade");
+      dibba_http_respond_error(req, st,
+                               st == 426   ? "WebSocket version 13 upgrade required"
+                               : st == 403 ? "Origin not allowed"
+                                           : "Invalid WebSocket upgrade");
       goto out;
     }
   }

@@ -21,9 +21,7 @@ int dibba_http_role_parse(const char *s, dibba_http_role_t *out) {
   return -EINVAL;
 }
 
-const char *dibba_http_role_name(dibba_http_role_t r) {
-  return (unsigned)r < 4 ? role_names[r] : "unknown";
-}
+const char *dibba_http_role_name(dibba_http_role_t r) { return (unsigned)r < 4 ? role_names[r] : "unknown"; }
 
 dibba_http_router_t *dibba_http_router_new(void) { return dibba_xcalloc(1, sizeof(dibba_http_router_t)); }
 
@@ -257,9 +255,9 @@ json_t *dibba_http_router_openapi(const dibba_http_router_t *r, const char *titl
     for (size_t k = 0; k < rt->nsegs; k++) {
       if (rt->segs[k][0] != '{')
         continue;
-      json_array_append_new(params, json_pack("{s:s%,s:s,s:b,s:{s:s}}", "name", rt->segs[k] + 1,
-                                              strlen(rt->segs[k]) - 2, "in", "path", "required", 1, "schema",
-                                              "type", "string"));
+      json_array_append_new(params,
+                            json_pack("{s:s%,s:s,s:b,s:{s:s}}", "name", rt->segs[k] + 1, strlen(rt->segs[k]) - 2, "in",
+                                      "path", "required", 1, "schema", "type", "string"));
     }
     if (json_array_size(params))
       json_object_set_new(op, "parameters", params);

@@ -441,7 +441,7 @@ int dibba_http_server_listen(dibba_http_server_t *s, const char *host, int port)
   int len = sizeof ss;
   if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) == 0)
     s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port);
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
   return 0;
 fail:
   /* The caller still calls dibba_http_server_shutdown to close the handles. */

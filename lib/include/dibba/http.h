@@ -19,21 +19,21 @@ typedef struct dibba_ws_s dibba_ws_t;
 
 /* Limits; dibba_http_limits_default() fills sane values. Times are in milliseconds. */
 typedef struct dibba_http_limits_s {
-  size_t max_url_bytes;       /* 414 above this (default 8 KiB) */
-  size_t max_header_bytes;    /* whole header block incl. request line; 431 above (default 16 KiB) */
-  size_t max_headers;         /* header count; 431 above (default 64) */
-  size_t max_body_bytes;      /* 413 above (default 1 MiB) */
-  uint64_t read_timeout_ms;   /* header block (and each body gap) must arrive in this; 408 + close (10 s) */
-  uint64_t idle_timeout_ms;   /* keep-alive idle close (60 s) */
-  size_t max_pipeline;        /* requests parsed ahead of their responses before reading pauses (16) */
-  size_t write_high_water;    /* stop reading above this many queued output bytes (1 MiB) */
-  size_t write_hard_limit;    /* stream/WebSocket sends fail with UV_ENOBUFS above this (8 MiB) */
+  size_t max_url_bytes;         /* 414 above this (default 8 KiB) */
+  size_t max_header_bytes;      /* whole header block incl. request line; 431 above (default 16 KiB) */
+  size_t max_headers;           /* header count; 431 above (default 64) */
+  size_t max_body_bytes;        /* 413 above (default 1 MiB) */
+  uint64_t read_timeout_ms;     /* header block (and each body gap) must arrive in this; 408 + close (10 s) */
+  uint64_t idle_timeout_ms;     /* keep-alive idle close (60 s) */
+  size_t max_pipeline;          /* requests parsed ahead of their responses before reading pauses (16) */
+  size_t write_high_water;      /* stop reading above this many queued output bytes (1 MiB) */
+  size_t write_hard_limit;      /* stream/WebSocket sends fail with UV_ENOBUFS above this (8 MiB) */
   uint64_t shutdown_timeout_ms; /* graceful stop force-closes what is left after this (10 s) */
-  size_t ws_max_frame_bytes;  /* WebSocket frame payload cap, close 1009 above (1 MiB) */
-  size_t ws_max_message_bytes; /* reassembled message cap, close 1009 above (4 MiB) */
+  size_t ws_max_frame_bytes;    /* WebSocket frame payload cap, close 1009 above (1 MiB) */
+  size_t ws_max_message_bytes;  /* reassembled message cap, close 1009 above (4 MiB) */
   uint64_t ws_ping_interval_ms; /* server ping period; no pong within one period closes (30 s; 0 = off) */
   uint64_t ws_close_timeout_ms; /* wait for the peer's close frame after ours (5 s) */
-  int access_log;             /* 1: one JSON access line per request via dibba_log_info("http") (default 1) */
+  int access_log;               /* 1: one JSON access line per request via dibba_log_info("http") (default 1) */
 } dibba_http_limits_t;
 
 /* Fill l with the defaults above. */
@@ -67,8 +67,7 @@ typedef struct dibba_http_principal_s {
 /* Authenticator for non-public routes. token is the bearer token (Authorization header, or for WebSocket
  * routes the Sec-WebSocket-Protocol "dibba.bearer, <token>" form) or NULL if none was sent. Return 0 after
  * filling *out, 401 or 403 to reject, or DIBBA_HTTP_AUTH_PENDING and later call dibba_http_auth_done(). */
-typedef int (*dibba_http_auth_cb)(void *data, dibba_http_req_t *req, const char *token,
-                                  dibba_http_principal_t *out);
+typedef int (*dibba_http_auth_cb)(void *data, dibba_http_req_t *req, const char *token, dibba_http_principal_t *out);
 /* Finish a pending authentication: status 0 (principal used) or 401/403. Ignored if the client went away. */
 void dibba_http_auth_done(dibba_http_req_t *req, int status, const dibba_http_principal_t *principal);
 
@@ -89,16 +88,16 @@ enum { DIBBA_HTTP_BODY_ANY = 0, DIBBA_HTTP_BODY_JSON = 1, DIBBA_HTTP_BODY_FORM =
 
 /* One route table entry; strings are copied by dibba_http_router_add. */
 typedef struct dibba_http_route_s {
-  const char *method;       /* "GET", "POST", ... */
-  const char *pattern;      /* "/v1/pods/{ns}/{name}" */
+  const char *method;            /* "GET", "POST", ... */
+  const char *pattern;           /* "/v1/pods/{ns}/{name}" */
   dibba_http_handler_cb handler; /* NULL for a websocket route */
-  void *data;               /* handler / ws callback data */
-  dibba_http_role_t role;   /* least role required, or DIBBA_ROLE_PUBLIC */
-  const char *summary;      /* OpenAPI summary */
-  const char *request_schema;  /* optional JSON Schema text for the request body */
-  const char *response_schema; /* optional JSON Schema text for the 200 response */
-  int body;                 /* DIBBA_HTTP_BODY_* */
-  const dibba_ws_ops_t *ws; /* non-NULL: the route upgrades to a WebSocket */
+  void *data;                    /* handler / ws callback data */
+  dibba_http_role_t role;        /* least role required, or DIBBA_ROLE_PUBLIC */
+  const char *summary;           /* OpenAPI summary */
+  const char *request_schema;    /* optional JSON Schema text for the request body */
+  const char *response_schema;   /* optional JSON Schema text for the 200 response */
+  int body;                      /* DIBBA_HTTP_BODY_* */
+  const dibba_ws_ops_t *ws;      /* non-NULL: the route upgrades to a WebSocket */
 } dibba_http_route_t;
 
 /* Create an empty router. Never NULL. */

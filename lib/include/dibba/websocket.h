@@ -48,7 +48,7 @@ typedef int (*dibba_ws_frame_cb)(dibba_ws_parser_t *p, int opcode, const char *d
 
 struct dibba_ws_parser_s {
   size_t max_frame, max_message;
-  int require_mask;   /* server side: 1 */
+  int require_mask; /* server side: 1 */
   dibba_ws_frame_cb cb;
   void *data;
   /* private state */
