@@ -79,7 +79,12 @@ void dibba_ws_parser_init(dibba_ws_parser_t *p, size_t max_frame, size_t max_mes
   p->max_frame = max_frame;
   p->max_message = max_message;
   p->require_mask = require_mask;
-  dibba_buf_init(&p->msg, max_message);
+  /* lib/core's dibba_buf computes cap + 1, so keep the cap well below SIZE_MAX */
+  if (p->max_message > SIZE_MAX / 2)
+    p->max_message = SIZE_MAX / 2;
+  if (p->max_frame > p->max_message)
+    p->max_frame = p->max_message;
+  dibba_buf_init(&p->msg, p->max_message);
 }
 
 void dibba_ws_parser_free(dibba_ws_parser_t *p) { dibba_buf_free(&p->msg); }

@@ -888,11 +888,15 @@ START_TEST(ws_parser_no_alloc_for_huge_header) {
   ck_assert_uint_eq(dibba_ws_parser_allocated(&p), 0);
   dibba_ws_parser_free(&p);
   dibba_ws_parser_init(&p, SIZE_MAX, SIZE_MAX, 1);
-  static const char h63[] = {(char)0x82, (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF,
-                             (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF, 1,          2,
-                             3,          4,          'a',        'b'};
-  /* even with no caps, only received bytes are ever allocated */
-  ck_assert_int_eq(dibba_ws_parser_feed(&p, h63, sizeof h63), (int64_t)sizeof h63);
+  static const char h63[] = {(char)0x82, (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF, (char)0xFF,
+                             (char)0xFF, (char)0xFF, (char)0xFF, 1,          2,          3,          4};
+  ck_assert_int_eq(dibba_ws_parser_feed(&p, h63, sizeof h63), -1009);
+  ck_assert_uint_eq(dibba_ws_parser_allocated(&p), 0);
+  dibba_ws_parser_free(&p);
+  /* within the caps, only bytes that actually arrived are allocated */
+  dibba_ws_parser_init(&p, 1 << 20, 4 << 20, 1);
+  static const char big[] = {(char)0x82, (char)0xFE, (char)0xFF, (char)0xFF, 1, 2, 3, 4, 'a', 'b'};
+  ck_assert_int_eq(dibba_ws_parser_feed(&p, big, sizeof big), (int64_t)sizeof big);
   ck_assert_uint_le(dibba_ws_parser_allocated(&p), 64);
   dibba_ws_parser_free(&p);
   dibba_ws_parser_free(&p);
