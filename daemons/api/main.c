@@ -6,23 +6,93 @@
 #include "dibba/auth.h"
 #include "dibba/config.h"
 #include "dibba/daemon.h"
+#include "dibba/error.h"
+#include "dibba/http.h"
 #include "dibba/log.h"
 
 typedef struct api_s {
   char *jwt_secret;
   size_t jwt_secret_len;
+  dibba_http_router_t *router;
+  dibba_http_server_t *http;
 } api_t;
+
+static void healthz(dibba_http_req_t *req, void *data) {
+  (void)data;
+  static const char ok[] = "{\"status\":\"ok\"}";
+  dibba_http_respond(req, 200, "application/json", ok, sizeof ok - 1);
+}
+
+static void on_http_done(dibba_http_server_t *s, void *data) {
+  api_t *api = data;
+  (void)s;
+  dibba_http_server_free(api->http);
+  api->http = NULL;
+  dibba_http_router_free(api->router);
+  api->router = NULL;
+  dibba_log_info("dibba-api", NULL, "http server stopped");
+}
+
+static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errlen) {
+  dibba_http_limits_t lim;
+  const char *listen = NULL;
+  int r;
+  dibba_http_limits_default(&lim);
+  r = dibba_http_limits_from_config(&lim, &d->cfg, err, errlen);
+  if (r < 0)
+    return r;
+  r = dibba_config_str(&d->cfg, "api.listen", "127.0.0.1:8080", &listen, err, errlen);
+  if (r < 0)
+    return r;
+  api->router = dibba_http_router_new();
+  api->http = dibba_http_server_new(&d->loop, api->router, &lim);
+  const dibba_http_route_t routes[] = {
+      {.method = "GET",
+       .pattern = "/healthz",
+       .handler = healthz,
+       .summary = "Liveness probe",
+       .response_schema = "{\"type\":\"object\",\"properties\":{\"status\":{\"type\":\"string\"}}}"},
+      {.method = "GET",
+       .pattern = "/metrics",
+       .handler = dibba_http_metrics_handler,
+       .data = api->http,
+       .summary = "Prometheus metrics"},
+      {.method = "GET",
+       .pattern = "/openapi.json",
+       .handler = dibba_http_openapi_handler,
+       .data = api->http,
+       .summary = "This API's OpenAPI document"},
+  };
+  for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+    r = dibba_http_router_add(api->router, &routes[i]);
+    if (r < 0)
+      return dibba_error_set(err, errlen, r, "route %s %s", routes[i].method, routes[i].pattern);
+  }
+  r = dibba_http_server_listen_addr(api->http, listen);
+  if (r < 0)
+    return dibba_error_set(err, errlen, r, "api.listen %s: %s", listen, dibba_strerror(r));
+  dibba_log_info("dibba-api", json_pack("{s:s,s:i}", "listen", listen, "port", dibba_http_server_port(api->http)),
+                 "listening");
+  return 0;
+}
 
 static int api_start(dibba_daemon_t *d, char *err, size_t errlen) {
   api_t *api = d->data;
   int r = dibba_config_secret(&d->cfg, "auth.jwt_secret", &api->jwt_secret, &api->jwt_secret_len, err, errlen);
   if (r < 0)
     return r;
-  return 0;
+  return api_start_http(d, api, err, errlen);
 }
 
 static void api_stop(dibba_daemon_t *d) {
   api_t *api = d->data;
+  if (api->http) {
+    /* Graceful: in-flight requests finish; on_http_done frees the server once its handles are closed. */
+    dibba_http_server_shutdown(api->http, on_http_done, api);
+  } else {
+    dibba_http_router_free(api->router);
+    api->router = NULL;
+  }
   if (api->jwt_secret) {
     explicit_bzero(api->jwt_secret, api->jwt_secret_len);
     free(api->jwt_secret);
