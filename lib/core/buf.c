@@ -40,7 +40,8 @@ static int reserve(dibba_buf_t *b, size_t n) {
   size_t a = b->alloc ? b->alloc : 64;
   while (a < need + 1)
     a = a > SIZE_MAX / 2 ? need + 1 : a * 2;
-  if (b->cap && a > b->cap + 1)
+  /* need <= cap here, so cap >= need and cap + 1 cannot wrap unless cap == SIZE_MAX (then need + 1 fits). */
+  if (b->cap && b->cap < SIZE_MAX && a > b->cap + 1)
     a = b->cap + 1;
   b->data = dibba_xrealloc(b->data, a);
   b->alloc = a;

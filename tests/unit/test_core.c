@@ -41,6 +41,20 @@ START_TEST(buf_cap_is_enforced) {
 }
 END_TEST
 
+/* Regression: a cap of SIZE_MAX made cap + 1 wrap to 0 and the buffer shrink to one byte. */
+START_TEST(buf_cap_size_max_does_not_wrap) {
+  dibba_buf_t b;
+  char big[300];
+  memset(big, 'x', sizeof big);
+  dibba_buf_init(&b, SIZE_MAX);
+  ck_assert_int_eq(dibba_buf_add(&b, big, sizeof big), 0);
+  ck_assert_uint_ge(b.alloc, sizeof big + 1);
+  ck_assert_uint_eq(b.len, sizeof big);
+  ck_assert_int_eq(b.data[299], 'x');
+  dibba_buf_free(&b);
+}
+END_TEST
+
 START_TEST(config_file_env_and_defaults) {
   char err[256];
   char *path = write_tmp("{\"redis\":{\"url\":\"redis://file:1/0\"},\"api\":{\"port\":8081},\"cni\":{\"ifname\":5}}");
@@ -169,6 +183,7 @@ int main(void) {
   Suite *s = suite_create("core");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, buf_cap_is_enforced);
+  tcase_add_test(tc, buf_cap_size_max_does_not_wrap);
   tcase_add_test(tc, config_file_env_and_defaults);
   tcase_add_test(tc, config_errors_are_one_line);
   tcase_add_test(tc, secrets_have_no_default);
