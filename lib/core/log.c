@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include "dibba/alloc.h"
+#include "dibba/buf.h"
 #include "dibba/log.h"
 #include "dibba/time.h"
 
 #define LOG_MSG_MAX 4096
+#define LOG_LINE_MAX (64 * 1024)
 
 static struct {
   dibba_log_level_t level;
@@ -83,6 +85,81 @@ void dibba_log_close(void) {
 
 int dibba_log_enabled(dibba_log_level_t level) { return level >= logger.level; }
 
+/* JSON string body escaping (RFC 8259) into b; non-ASCII bytes pass through (the caller's text is UTF-8). */
+static void put_escaped(dibba_buf_t *b, const char *p, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  size_t run = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c >= 0x20 && c != '"' && c != '\\')
+      continue;
+    dibba_buf_add(b, p + run, i - run);
+    run = i + 1;
+    char esc[6] = {'\\', 0, 0, 0, 0, 0};
+    size_t elen = 2;
+    switch (c) {
+    case '"': esc[1] = '"'; break;
+    case '\\': esc[1] = '\\'; break;
+    case '\n': esc[1] = 'n'; break;
+    case '\r': esc[1] = 'r'; break;
+    case '\t': esc[1] = 't'; break;
+    default:
+      esc[1] = 'u';
+      esc[2] = '0';
+      esc[3] = '0';
+      esc[4] = hex[c >> 4];
+      esc[5] = hex[c & 15];
+      elen = 6;
+    }
+    dibba_buf_add(b, esc, elen);
+  }
+  dibba_buf_add(b, p + run, n - run);
+}
+
+static void put_string(dibba_buf_t *b, const char *p, size_t n) {
+  dibba_buf_add(b, "\"", 1);
+  put_escaped(b, p, n);
+  dibba_buf_add(b, "\"", 1);
+}
+
+/* Scalars are written directly (the hot path: access logs); containers go through jansson. */
+static void put_value(dibba_buf_t *b, json_t *v) {
+  char num[64];
+  switch (json_typeof(v)) {
+  case JSON_STRING: put_string(b, json_string_value(v), json_string_length(v)); break;
+  case JSON_INTEGER:
+    snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    dibba_buf_adds(b, num);
+    break;
+  case JSON_TRUE: dibba_buf_adds(b, "true"); break;
+  case JSON_FALSE: dibba_buf_adds(b, "false"); break;
+  case JSON_NULL: dibba_buf_adds(b, "null"); break;
+  default: {
+    char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    dibba_buf_adds(b, t ? t : "null");
+    free(t);
+  }
+  }
+}
+
+/* The timestamp's seconds part is formatted once per second. */
+static void put_ts(dibba_buf_t *b) {
+  static int64_t cached_sec = -1;
+  static char cached[32];
+  int64_t ms = dibba_now_ms();
+  if (ms / 1000 != cached_sec) {
+    char full[40];
+    dibba_time_format_ms(ms, full, sizeof full);
+    memcpy(cached, full, 20); /* "YYYY-MM-DDTHH:MM:SS." */
+    cached[20] = '\0';
+    cached_sec = ms / 1000;
+  }
+  char tail[8];
+  snprintf(tail, sizeof tail, "%03dZ", (int)(ms % 1000));
+  dibba_buf_add(b, cached, 20);
+  dibba_buf_adds(b, tail);
+}
+
 void dibba_log(dibba_log_level_t level, const char *component, json_t *fields, const char *fmt, ...) {
   if (!dibba_log_enabled(level)) {
     json_decref(fields);
@@ -91,34 +168,51 @@ void dibba_log(dibba_log_level_t level, const char *component, json_t *fields, c
   char msg[LOG_MSG_MAX];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  int mlen = vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  if (mlen < 0)
+    mlen = 0;
+  if ((size_t)mlen >= sizeof msg)
+    mlen = sizeof msg - 1;
 
-  char ts[40];
-  dibba_time_format_ms(dibba_now_ms(), ts, sizeof ts);
-  json_t *o = json_object();
-  json_object_set_new(o, "ts", json_string(ts));
-  json_object_set_new(o, "level", json_string(level_names[level]));
-  json_object_set_new(o, "component", json_string(component ? component : "-"));
-  json_object_set_new(o, "msg", json_stringn(msg, strlen(msg)));
+  /* One buffer per thread, reused: no allocation per line once warm (log lines may come from pool threads). */
+  static __thread dibba_buf_t b = {NULL, 0, 0, 0};
+  dibba_buf_reset(&b);
+
+  dibba_buf_adds(&b, "{\"ts\":\"");
+  put_ts(&b);
+  dibba_buf_adds(&b, "\",\"level\":\"");
+  dibba_buf_adds(&b, level_names[level]);
+  dibba_buf_adds(&b, "\",\"component\":");
+  const char *comp = component ? component : "-";
+  put_string(&b, comp, strlen(comp));
+  dibba_buf_adds(&b, ",\"msg\":");
+  put_string(&b, msg, (size_t)mlen);
   if (json_is_object(fields)) {
     const char *k;
     json_t *v;
     json_object_foreach(fields, k, v) {
-      if (strcmp(k, "ts") && strcmp(k, "level") && strcmp(k, "component") && strcmp(k, "msg"))
-        json_object_set(o, k, v);
+      if (!strcmp(k, "ts") || !strcmp(k, "level") || !strcmp(k, "component") || !strcmp(k, "msg"))
+        continue;
+      size_t before = b.len;
+      dibba_buf_add(&b, ",", 1);
+      put_string(&b, k, strlen(k));
+      dibba_buf_add(&b, ":", 1);
+      put_value(&b, v);
+      if (b.len > LOG_LINE_MAX) { /* drop the field that made the line too long, and say so */
+        b.len = before;
+        b.data[b.len] = '\0';
+        dibba_buf_adds(&b, ",\"truncated\":true");
+        break;
+      }
     }
   }
   json_decref(fields);
-  char *line = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
-  json_decref(o);
-  if (line == NULL)
-    return;
-  size_t n = strlen(line);
-  line[n] = '\n'; /* json_dumps leaves room for its NUL; we replace it and write n + 1 bytes */
+  dibba_buf_adds(&b, "}\n");
   ssize_t w;
   do
-    w = write(logger.fd, line, n + 1);
+    w = write(logger.fd, b.data, b.len);
   while (w < 0 && errno == EINTR);
-  free(line);
+  if (b.alloc > 4 * LOG_LINE_MAX) /* do not keep a huge buffer around after one long line */
+    dibba_buf_free(&b);
 }
