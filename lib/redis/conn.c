@@ -84,6 +84,7 @@ struct dibba_redis_s {
   dibba_redis_close_cb close_cb;
   dibba_redis_stats_t stats;
   char last_error[256];
+  int error_fresh; /* last_error was written during the current attempt */
 };
 
 static void kick(dibba_redis_t *r);
@@ -141,6 +142,7 @@ static void set_error(dibba_redis_t *r, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
   va_end(ap);
+  r->error_fresh = 1;
 }
 
 static void log_event(dibba_redis_t *r, dibba_log_level_t lvl, int status, const char *what) {
@@ -233,10 +235,11 @@ static const dibba_redis_resolver_t builtin_resolver = {builtin_resolve, builtin
 /* A connect attempt (resolve, connect or handshake) failed; ac is already gone or being freed by hiredis. */
 static void attempt_failed(dibba_redis_t *r, int status) {
   r->ac = NULL;
+  r->kill_status = 0;
   r->state = ST_IDLE;
   uv_timer_stop(&r->conn_timer);
   r->stats.connect_failures++;
-  if (r->last_error[0] == '\0')
+  if (!r->error_fresh)
     set_error(r, "%s", dibba_redis_strerror(status));
   if (r->closing) {
     kick(r);
@@ -259,6 +262,7 @@ static void conn_lost(dibba_redis_t *r, int cause) {
   }
   r->was_ready = 0;
   r->ac = NULL;
+  r->kill_status = 0;
   r->state = ST_IDLE;
   uv_timer_stop(&r->conn_timer);
   r->stats.disconnects++;
@@ -454,7 +458,7 @@ static void start_attempt(dibba_redis_t *r) {
   if (r->closing || r->state != ST_IDLE)
     return;
   r->state = ST_RESOLVING;
-  r->last_error[0] = '\0';
+  r->error_fresh = 0; /* keep the old text until this attempt produces a new one */
   uv_timer_start(&r->conn_timer, conn_timer_cb, r->connect_timeout_ms, 0);
   int rc = r->resolver.resolve(r, &r->addr, resolved, r->resolver.data);
   if (rc < 0 && r->state == ST_RESOLVING) {

@@ -154,7 +154,8 @@ typedef struct dibba_redis_stats_s {
 void dibba_redis_stats(const dibba_redis_t *r, dibba_redis_stats_t *out);
 /* 1 when commands are sent at once (ready), else 0. */
 int dibba_redis_is_ready(const dibba_redis_t *r);
-/* The last connection error as text ("" if none); owned by r, valid until the next event. Never a password. */
+/* The last connection error as text ("" once ready); owned by r, overwritten by the next failure. Never a
+ * password (server error texts such as WRONGPASS are kept). */
 const char *dibba_redis_last_error(const dibba_redis_t *r);
 /* The user pointer from the options. */
 void *dibba_redis_data(const dibba_redis_t *r);
