@@ -230,6 +230,52 @@ static void builtin_cancel(dibba_redis_t *r, void *data) {
 
 static const dibba_redis_resolver_t builtin_resolver = {builtin_resolve, builtin_cancel, NULL};
 
+/* ---- libuv adapter fix-up ----
+ * hiredis 0.14's libuv adapter returns early when libuv reports a poll error (POLLERR, e.g. a refused TCP
+ * connect or a reset), and libuv has then stopped the handle: the failure would only surface at the next
+ * timeout. We keep the adapter (its attach and cleanup) but install event hooks whose callback lets hiredis
+ * read or write anyway, so it sees the socket error at once. */
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  redisLibuvEvents *p = h->data;
+  int ev = status < 0 ? p->events : events;
+  if (p->context != NULL && (ev & UV_READABLE))
+    redisAsyncHandleRead(p->context);
+  if (p->context != NULL && (ev & UV_WRITABLE))
+    redisAsyncHandleWrite(p->context);
+}
+
+static void poll_update(redisLibuvEvents *p) {
+  if (p->events)
+    uv_poll_start(&p->handle, p->events, poll_cb);
+  else
+    uv_poll_stop(&p->handle);
+}
+
+static void ev_add_read(void *privdata) {
+  redisLibuvEvents *p = privdata;
+  p->events |= UV_READABLE;
+  poll_update(p);
+}
+
+static void ev_del_read(void *privdata) {
+  redisLibuvEvents *p = privdata;
+  p->events &= ~UV_READABLE;
+  poll_update(p);
+}
+
+static void ev_add_write(void *privdata) {
+  redisLibuvEvents *p = privdata;
+  p->events |= UV_WRITABLE;
+  poll_update(p);
+}
+
+static void ev_del_write(void *privdata) {
+  redisLibuvEvents *p = privdata;
+  p->events &= ~UV_WRITABLE;
+  poll_update(p);
+}
+
 /* ---- connection state machine ---- */
 
 /* A connect attempt (resolve, connect or handshake) failed; ac is already gone or being freed by hiredis. */
@@ -434,6 +480,10 @@ static void resolved(dibba_redis_t *r, int status, const dibba_redis_target_t *t
     attempt_failed(r, -EIO);
     return;
   }
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
   if (t->kind == DIBBA_REDIS_TCP)
     redisEnableKeepAlive(&ac->c);
   r->ac = ac;
