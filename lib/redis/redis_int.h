@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Private declarations shared by the connection core (conn.c) and the subscriber (sub.c). */
+#ifndef DIBBA_REDIS_INT_H
+#define DIBBA_REDIS_INT_H
+
+#include <hiredis/async.h>
+
+#include "dibba/redis.h"
+
+/* Hooks a wrapper (the subscriber) installs on its private client. */
+typedef struct dibba__redis_hooks_s {
+  /* The connection became ready (AUTH/SELECT done); ac may be used to send. Called before on_connect. */
+  void (*ready)(dibba_redis_t *r, redisAsyncContext *ac, void *data);
+} dibba__redis_hooks_t;
+
+int dibba__redis_new(uv_loop_t *loop, const dibba_redis_options_t *opts, const dibba__redis_hooks_t *hooks,
+                     void *hook_data, dibba_redis_t **out, char *err, size_t errlen);
+/* The ready connection's context, or NULL when not ready. Only for sending; never freed by the caller. */
+redisAsyncContext *dibba__redis_ready_ac(dibba_redis_t *r);
+/* The hook_data given to dibba__redis_new. */
+void *dibba__redis_hook_data(const dibba_redis_t *r);
+/* 1 once dibba_redis_close was called. */
+int dibba__redis_closing(const dibba_redis_t *r);
+
+#endif
