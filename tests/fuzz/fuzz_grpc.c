@@ -34,6 +34,8 @@ static int on_message(void *data, const uint8_t *msg, size_t len) {
   return 0;
 }
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 /* Byte 0 picks the response type, byte 1 the chunk size; the rest is the HTTP/2 DATA payload of one stream. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 2)

@@ -25,7 +25,7 @@ int dibba_buf_add(dibba_buf_t *b, const void *p, size_t n);
 int dibba_buf_adds(dibba_buf_t *b, const char *s);
 /* Append formatted text. Same errors as dibba_buf_add. */
 int dibba_buf_printf(dibba_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int dibba_buf_vprintf(dibba_buf_t *b, const char *fmt, va_list ap);
+int dibba_buf_vprintf(dibba_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* Remove the first n bytes (n > len removes all). */
 void dibba_buf_consume(dibba_buf_t *b, size_t n);
 /* Hand the storage to the caller (who frees it) and reset the buffer. May return NULL when empty. */
