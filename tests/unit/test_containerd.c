@@ -14,12 +14,14 @@
 
 #include "dibba/alloc.h"
 #include "dibba/containerd.h"
+#include "dibba/containerd_image.h"
 #include "dibba/error.h"
 
 extern char **environ;
 
 static char tmpdir[64];
 static char sockpath[128];
+static char busybox_tar[160];
 
 static void write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
@@ -54,7 +56,14 @@ static void containerd_start(void) {
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   char *argv[] = {"containerd", "--config", cfg, NULL};
   pid_t pid;
-  int rc = posix_spawnp(&pid, "containerd", &fa, NULL, argv, environ);
+  /* Its own process group: check kills a forked test's group when the test ends, and a containerd restarted
+   * inside a test must outlive it. */
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  int rc = posix_spawnp(&pid, "containerd", &fa, &attr, argv, environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   ck_assert_msg(rc == 0, "spawn containerd: %s", strerror(rc));
   snprintf(pidtext, sizeof pidtext, "%d\n", (int)pid);
@@ -101,6 +110,14 @@ static void setup(void) {
   snprintf(path, sizeof path, "%s/config.toml", tmpdir);
   write_file(path, cfg);
   free(cfg);
+  /* The busybox image, built locally by the project's tool. */
+  const char *src = getenv("DIBBA_SRCDIR");
+  snprintf(busybox_tar, sizeof busybox_tar, "%s/busybox.tar", tmpdir);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/image/build-oci.py busybox --out %s >%s/build-oci.log 2>&1",
+           src ? src : "..", busybox_tar, tmpdir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "building %s failed (see %s/build-oci.log)\n", busybox_tar, tmpdir);
   containerd_start();
 }
 
@@ -445,6 +462,111 @@ START_TEST(events_and_reconnect_after_kill) {
 }
 END_TEST
 
+/* ---------------- image import ---------------- */
+
+typedef struct {
+  int done;
+  int err;
+  char msg[256];
+  char name[128];
+  char chain[80];
+  char manifest[80];
+  char cmd0[64];
+  size_t layers, unpacked, reused, written;
+} img_t;
+
+static void on_image(dibba_containerd_t *ctd, int err, const char *msg, const dibba_image_result_t *res, void *data) {
+  img_t *r = data;
+  r->done++;
+  r->err = err;
+  snprintf(r->msg, sizeof r->msg, "%s", msg);
+  if (res) {
+    snprintf(r->name, sizeof r->name, "%s", res->name);
+    snprintf(r->chain, sizeof r->chain, "%s", res->chain_id);
+    snprintf(r->manifest, sizeof r->manifest, "%s", res->manifest_digest);
+    const char *c =
+        json_string_value(json_array_get(json_object_get(json_object_get(res->config, "config"), "Cmd"), 0));
+    snprintf(r->cmd0, sizeof r->cmd0, "%s", c ? c : "");
+    r->layers = res->layers;
+    r->unpacked = res->layers_unpacked;
+    r->reused = res->layers_reused;
+    r->written = res->blobs_written;
+  }
+}
+
+static void on_snap_stat(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Snapshots__V1__StatSnapshotResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->found = resp && resp->info && resp->info->kind == CONTAINERD__SERVICES__SNAPSHOTS__V1__KIND__COMMITTED;
+}
+
+static void import_archive(env_t *e, const char *ns, const char *archive, img_t *r) {
+  memset(r, 0, sizeof *r);
+  dibba_image_import_opts_t o = {.archive = archive, .ns = ns};
+  ck_assert_int_eq(dibba_containerd_image_import(e->ctd, &o, on_image, r), 0);
+  ck_assert(run_until(&e->loop, &r->done, 1, 60000));
+}
+
+START_TEST(image_import_twice_reuses_snapshots) {
+  env_t e;
+  env_up(&e);
+  img_t a, b, bad;
+  import_archive(&e, "dibba-imp", busybox_tar, &a);
+  ck_assert_msg(a.err == 0, "import: %s", a.msg);
+  ck_assert_str_eq(a.name, "docker.io/library/busybox:latest");
+  ck_assert_uint_eq(a.layers, 1);
+  ck_assert_uint_eq(a.unpacked, 1);
+  ck_assert_uint_eq(a.reused, 0);
+  ck_assert_uint_eq(a.written, 3); /* layer, config, manifest */
+  ck_assert(!strncmp(a.chain, "sha256:", 7));
+
+  import_archive(&e, "dibba-imp", busybox_tar, &b);
+  ck_assert_msg(b.err == 0, "second import: %s", b.msg);
+  ck_assert_uint_eq(b.unpacked, 0);
+  ck_assert_uint_eq(b.reused, 1);
+  ck_assert_uint_eq(b.written, 0);
+  ck_assert_str_eq(a.chain, b.chain);
+
+  /* The unpacked snapshot is committed under the chain id, in that namespace only. */
+  Containerd__Services__Snapshots__V1__StatSnapshotRequest sreq =
+      CONTAINERD__SERVICES__SNAPSHOTS__V1__STAT_SNAPSHOT_REQUEST__INIT;
+  sreq.snapshotter = "overlayfs";
+  sreq.key = a.chain;
+  res_t s1 = {0}, s2 = {0};
+  dibba_containerd_call_opts_t in_imp = {.ns = "dibba-imp"}, in_other = {.ns = "dibba-other"};
+  ck_assert_int_eq(dibba_containerd_snapshots_stat(e.ctd, &in_imp, &sreq, on_snap_stat, &s1), 0);
+  ck_assert(run_until(&e.loop, &s1.done, 1, 10000));
+  ck_assert_int_eq(s1.err, 0);
+  ck_assert_int_eq(s1.found, 1);
+  ck_assert_int_eq(dibba_containerd_snapshots_stat(e.ctd, &in_other, &sreq, on_snap_stat, &s2), 0);
+  ck_assert(run_until(&e.loop, &s2.done, 1, 10000));
+  ck_assert_int_eq(s2.err, -ENOENT);
+
+  /* Resolve by name gives the same manifest, config and chain id. */
+  img_t r = {0};
+  ck_assert_int_eq(dibba_containerd_image_resolve(e.ctd, "dibba-imp", a.name, on_image, &r), 0);
+  ck_assert(run_until(&e.loop, &r.done, 1, 10000));
+  ck_assert_msg(r.err == 0, "resolve: %s", r.msg);
+  ck_assert_str_eq(r.chain, a.chain);
+  ck_assert_str_eq(r.manifest, a.manifest);
+  ck_assert_str_eq(r.cmd0, "sh");
+  img_t missing = {0};
+  ck_assert_int_eq(dibba_containerd_image_resolve(e.ctd, "dibba-imp", "no/such:image", on_image, &missing), 0);
+  ck_assert(run_until(&e.loop, &missing.done, 1, 10000));
+  ck_assert_int_eq(missing.err, -ENOENT);
+
+  /* Not an archive: a clear error, and the lease is still dropped. */
+  char notar[200];
+  snprintf(notar, sizeof notar, "%s/config.toml", tmpdir);
+  import_archive(&e, "dibba-imp", notar, &bad);
+  ck_assert_int_ne(bad.err, 0);
+  ck_assert_msg(strstr(bad.msg, "archive"), "msg %s", bad.msg);
+  env_down(&e);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("containerd");
@@ -455,6 +577,7 @@ int main(void) {
   tcase_add_test(tc, fifty_concurrent_versions);
   tcase_add_test(tc, introspection_and_cri_images);
   tcase_add_test(tc, events_and_reconnect_after_kill);
+  tcase_add_test(tc, image_import_twice_reuses_snapshots);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
