@@ -9,6 +9,7 @@
 #include "dibba/error.h"
 
 struct dibba_containerd_s {
+  uv_loop_t *loop;
   dibba_grpc_client_t *grpc;
   char *ns;
   char *snapshotter;
@@ -42,6 +43,7 @@ int dibba_containerd_new(uv_loop_t *loop, const dibba_containerd_opts_t *o, dibb
     goto out;
   }
   ctd = dibba_xcalloc(1, sizeof *ctd);
+  ctd->loop = loop;
   ctd->ns = dibba_xstrdup(o->ns);
   ctd->snapshotter = dibba_xstrdup(o->snapshotter ? o->snapshotter : "overlayfs");
   ctd->timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;
@@ -111,6 +113,7 @@ dibba_grpc_client_t *dibba_containerd_grpc(const dibba_containerd_t *ctd) { retu
 const char *dibba_containerd_namespace(const dibba_containerd_t *ctd) { return ctd->ns; }
 const char *dibba_containerd_snapshotter(const dibba_containerd_t *ctd) { return ctd->snapshotter; }
 void *dibba_containerd_data(const dibba_containerd_t *ctd) { return ctd->data; }
+uv_loop_t *dibba_containerd_loop(const dibba_containerd_t *ctd) { return ctd->loop; }
 
 static int start_call(dibba_containerd_t *ctd, const dibba_containerd_call_opts_t *o, const char *path,
                       const ProtobufCMessageDescriptor *desc, const ProtobufCMessage *req, dibba_grpc_message_cb on_msg,
@@ -122,7 +125,12 @@ static int start_call(dibba_containerd_t *ctd, const dibba_containerd_call_opts_
     goto out;
   }
   const char *ns = o && o->ns ? o->ns : ctd->ns;
-  dibba_grpc_md_t md[] = {{"containerd-namespace", ns}};
+  dibba_grpc_md_t md[2];
+  size_t n_md = 0;
+  if (*ns)
+    md[n_md++] = (dibba_grpc_md_t){"containerd-namespace", ns};
+  if (o && o->lease && *o->lease)
+    md[n_md++] = (dibba_grpc_md_t){"containerd-lease", o->lease};
   req_t *r = dibba_xcalloc(1, sizeof *r);
   r->ctd = ctd;
   r->cb = cb;
@@ -131,7 +139,7 @@ static int start_call(dibba_containerd_t *ctd, const dibba_containerd_call_opts_
   dibba_grpc_call_opts_t co = {.path = path,
                                .response_desc = desc,
                                .metadata = md,
-                               .n_metadata = *ns ? 1 : 0,
+                               .n_metadata = n_md,
                                .timeout_ms = o && o->timeout_ms ? o->timeout_ms : ctd->timeout_ms,
                                .on_message = on_msg,
                                .on_done = on_done,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Tests for lib/containerd against a real, private containerd that this test starts and removes. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -14,12 +15,15 @@
 
 #include "dibba/alloc.h"
 #include "dibba/containerd.h"
+#include "dibba/containerd_container.h"
+#include "dibba/containerd_image.h"
 #include "dibba/error.h"
 
 extern char **environ;
 
 static char tmpdir[64];
 static char sockpath[128];
+static char busybox_tar[160];
 
 static void write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
@@ -54,7 +58,14 @@ static void containerd_start(void) {
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   char *argv[] = {"containerd", "--config", cfg, NULL};
   pid_t pid;
-  int rc = posix_spawnp(&pid, "containerd", &fa, NULL, argv, environ);
+  /* Its own process group: check kills a forked test's group when the test ends, and a containerd restarted
+   * inside a test must outlive it. */
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
+  int rc = posix_spawnp(&pid, "containerd", &fa, &attr, argv, environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   ck_assert_msg(rc == 0, "spawn containerd: %s", strerror(rc));
   snprintf(pidtext, sizeof pidtext, "%d\n", (int)pid);
@@ -101,6 +112,14 @@ static void setup(void) {
   snprintf(path, sizeof path, "%s/config.toml", tmpdir);
   write_file(path, cfg);
   free(cfg);
+  /* The busybox image, built locally by the project's tool. */
+  const char *src = getenv("DIBBA_SRCDIR");
+  snprintf(busybox_tar, sizeof busybox_tar, "%s/busybox.tar", tmpdir);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/image/build-oci.py busybox --out %s >%s/build-oci.log 2>&1",
+           src ? src : "..", busybox_tar, tmpdir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "building %s failed (see %s/build-oci.log)\n", busybox_tar, tmpdir);
   containerd_start();
 }
 
@@ -445,6 +464,300 @@ START_TEST(events_and_reconnect_after_kill) {
 }
 END_TEST
 
+/* ---------------- image import ---------------- */
+
+typedef struct {
+  int done;
+  int err;
+  char msg[256];
+  char name[128];
+  char chain[80];
+  char manifest[80];
+  char cmd0[64];
+  size_t layers, unpacked, reused, written;
+} img_t;
+
+static void on_image(dibba_containerd_t *ctd, int err, const char *msg, const dibba_image_result_t *res, void *data) {
+  img_t *r = data;
+  r->done++;
+  r->err = err;
+  snprintf(r->msg, sizeof r->msg, "%s", msg);
+  if (res) {
+    snprintf(r->name, sizeof r->name, "%s", res->name);
+    snprintf(r->chain, sizeof r->chain, "%s", res->chain_id);
+    snprintf(r->manifest, sizeof r->manifest, "%s", res->manifest_digest);
+    const char *c =
+        json_string_value(json_array_get(json_object_get(json_object_get(res->config, "config"), "Cmd"), 0));
+    snprintf(r->cmd0, sizeof r->cmd0, "%s", c ? c : "");
+    r->layers = res->layers;
+    r->unpacked = res->layers_unpacked;
+    r->reused = res->layers_reused;
+    r->written = res->blobs_written;
+  }
+}
+
+static void on_snap_stat(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Snapshots__V1__StatSnapshotResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+  r->found = resp && resp->info && resp->info->kind == CONTAINERD__SERVICES__SNAPSHOTS__V1__KIND__COMMITTED;
+}
+
+static void import_archive(env_t *e, const char *ns, const char *archive, img_t *r) {
+  memset(r, 0, sizeof *r);
+  dibba_image_import_opts_t o = {.archive = archive, .ns = ns};
+  ck_assert_int_eq(dibba_containerd_image_import(e->ctd, &o, on_image, r), 0);
+  ck_assert(run_until(&e->loop, &r->done, 1, 60000));
+}
+
+START_TEST(image_import_twice_reuses_snapshots) {
+  env_t e;
+  env_up(&e);
+  img_t a, b, bad;
+  import_archive(&e, "dibba-imp", busybox_tar, &a);
+  ck_assert_msg(a.err == 0, "import: %s", a.msg);
+  ck_assert_str_eq(a.name, "docker.io/library/busybox:latest");
+  ck_assert_uint_eq(a.layers, 1);
+  ck_assert_uint_eq(a.unpacked, 1);
+  ck_assert_uint_eq(a.reused, 0);
+  ck_assert_uint_eq(a.written, 3); /* layer, config, manifest */
+  ck_assert(!strncmp(a.chain, "sha256:", 7));
+
+  import_archive(&e, "dibba-imp", busybox_tar, &b);
+  ck_assert_msg(b.err == 0, "second import: %s", b.msg);
+  ck_assert_uint_eq(b.unpacked, 0);
+  ck_assert_uint_eq(b.reused, 1);
+  ck_assert_uint_eq(b.written, 0);
+  ck_assert_str_eq(a.chain, b.chain);
+
+  /* The unpacked snapshot is committed under the chain id, in that namespace only. */
+  Containerd__Services__Snapshots__V1__StatSnapshotRequest sreq =
+      CONTAINERD__SERVICES__SNAPSHOTS__V1__STAT_SNAPSHOT_REQUEST__INIT;
+  sreq.snapshotter = "overlayfs";
+  sreq.key = a.chain;
+  res_t s1 = {0}, s2 = {0};
+  dibba_containerd_call_opts_t in_imp = {.ns = "dibba-imp"}, in_other = {.ns = "dibba-other"};
+  ck_assert_int_eq(dibba_containerd_snapshots_stat(e.ctd, &in_imp, &sreq, on_snap_stat, &s1), 0);
+  ck_assert(run_until(&e.loop, &s1.done, 1, 10000));
+  ck_assert_int_eq(s1.err, 0);
+  ck_assert_int_eq(s1.found, 1);
+  ck_assert_int_eq(dibba_containerd_snapshots_stat(e.ctd, &in_other, &sreq, on_snap_stat, &s2), 0);
+  ck_assert(run_until(&e.loop, &s2.done, 1, 10000));
+  ck_assert_int_eq(s2.err, -ENOENT);
+
+  /* Resolve by name gives the same manifest, config and chain id. */
+  img_t r = {0};
+  ck_assert_int_eq(dibba_containerd_image_resolve(e.ctd, "dibba-imp", a.name, on_image, &r), 0);
+  ck_assert(run_until(&e.loop, &r.done, 1, 10000));
+  ck_assert_msg(r.err == 0, "resolve: %s", r.msg);
+  ck_assert_str_eq(r.chain, a.chain);
+  ck_assert_str_eq(r.manifest, a.manifest);
+  ck_assert_str_eq(r.cmd0, "sh");
+  img_t missing = {0};
+  ck_assert_int_eq(dibba_containerd_image_resolve(e.ctd, "dibba-imp", "no/such:image", on_image, &missing), 0);
+  ck_assert(run_until(&e.loop, &missing.done, 1, 10000));
+  ck_assert_int_eq(missing.err, -ENOENT);
+
+  /* Not an archive: a clear error, and the lease is still dropped. */
+  char notar[200];
+  snprintf(notar, sizeof notar, "%s/config.toml", tmpdir);
+  import_archive(&e, "dibba-imp", notar, &bad);
+  ck_assert_int_ne(bad.err, 0);
+  ck_assert_msg(strstr(bad.msg, "archive"), "msg %s", bad.msg);
+  env_down(&e);
+}
+END_TEST
+
+/* ---------------- containers ---------------- */
+
+typedef struct {
+  int done, err, oom;
+  uint32_t pid, status;
+  char msg[256];
+} ctr_t;
+
+static void on_run(dibba_containerd_t *ctd, int err, const char *msg, uint32_t pid, void *data) {
+  ctr_t *c = data;
+  c->done++;
+  c->err = err;
+  c->pid = pid;
+  snprintf(c->msg, sizeof c->msg, "%s", msg);
+}
+static void on_exit_cb(dibba_containerd_t *ctd, int err, const char *msg, uint32_t status, int oom, void *data) {
+  ctr_t *c = data;
+  c->done++;
+  c->err = err;
+  c->status = status;
+  c->oom = oom;
+  snprintf(c->msg, sizeof c->msg, "%s", msg);
+}
+static void on_deleted(dibba_containerd_t *ctd, int err, const char *msg, void *data) {
+  ctr_t *c = data;
+  c->done++;
+  c->err = err;
+  snprintf(c->msg, sizeof c->msg, "%s", msg);
+}
+
+static long read_long(const char *path) {
+  FILE *f = fopen(path, "r");
+  long v = -1;
+  if (f) {
+    if (fscanf(f, "%ld", &v) != 1)
+      v = -1;
+    fclose(f);
+  }
+  return v;
+}
+
+/* containerd-shim processes whose command line names our private containerd socket. */
+static int count_shims(void) {
+  int n = 0;
+  DIR *d = opendir("/proc");
+  struct dirent *de;
+  while (d && (de = readdir(d))) {
+    char path[300], buf[4096];
+    if (de->d_name[0] < '0' || de->d_name[0] > '9')
+      continue;
+    snprintf(path, sizeof path, "/proc/%s/cmdline", de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    int shim = strstr(buf, "containerd-shim") != NULL, ours = 0;
+    for (size_t k = 0; k < len; k += strlen(buf + k) + 1)
+      if (strstr(buf + k, sockpath))
+        ours = 1;
+    n += shim && ours;
+  }
+  if (d)
+    closedir(d);
+  return n;
+}
+
+static int log_has(const char *path, const char *needle, int ms) {
+  for (int i = 0; i < ms / 50; i++) {
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    int found = 0;
+    while (f && fgets(line, sizeof line, f))
+      if (strstr(line, needle))
+        found = 1;
+    if (f)
+      fclose(f);
+    if (found)
+      return 1;
+    usleep(50 * 1000);
+  }
+  return 0;
+}
+
+START_TEST(container_run_logs_cgroup_stop_delete_oom) {
+  env_t e;
+  env_up(&e);
+  img_t im;
+  import_archive(&e, "dibba-run", busybox_tar, &im);
+  ck_assert_msg(im.err == 0, "import: %s", im.msg);
+  char logger[300], logpath[200];
+  snprintf(logger, sizeof logger, "%s/tools/logger/dibba-logger", getenv("DIBBA_BUILDDIR"));
+  snprintf(logpath, sizeof logpath, "%s/c1.log", tmpdir);
+  const char *cmd[] = {"/bin/sh", "-c"};
+  const char *args[] = {"echo \"greeting=$GREETING\"; echo \"cwd=$(pwd)\"; echo \"uid=$(id -u)\"; "
+                        "echo oops >&2; exec sleep 60"};
+  const char *env_kv[] = {"GREETING=hello-dibba"};
+  dibba_container_opts_t o = {.id = "c1",
+                              .ns = "dibba-run",
+                              .image = im.name,
+                              .pod = "p1",
+                              .logger = logger,
+                              .log_path = logpath,
+                              .log_max_size = 1 << 20,
+                              .log_max_files = 2};
+  o.oci.command = cmd;
+  o.oci.n_command = 2;
+  o.oci.args = args;
+  o.oci.n_args = 1;
+  o.oci.env = env_kv;
+  o.oci.n_env = 1;
+  o.oci.working_dir = "/tmp";
+  o.oci.user = "65534";
+  o.oci.cpu_millis = 500;
+  o.oci.memory_bytes = 64ll << 20;
+  ctr_t run = {0};
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &o, on_run, &run), 0);
+  ck_assert(run_until(&e.loop, &run.done, 1, 60000));
+  ck_assert_msg(run.err == 0, "run: %s", run.msg);
+  ck_assert_uint_gt(run.pid, 0);
+  ck_assert(log_has(logpath, " stdout F greeting=hello-dibba", 5000));
+  ck_assert(log_has(logpath, " stdout F cwd=/tmp", 2000));
+  ck_assert(log_has(logpath, " stdout F uid=65534", 2000));
+  ck_assert(log_has(logpath, " stderr F oops", 2000));
+  ck_assert_int_eq(read_long("/sys/fs/cgroup/cpu/dibba/dibba-run/c1/cpu.cfs_quota_us"), 50000);
+  ck_assert_int_eq(read_long("/sys/fs/cgroup/memory/dibba/dibba-run/c1/memory.limit_in_bytes"), 64l << 20);
+  ck_assert_int_ge(count_shims(), 1);
+
+  /* A run under the same id replaces the stale one (crash recovery) — here: stop, then delete twice. */
+  ctr_t stop = {0};
+  ck_assert_int_eq(dibba_containerd_container_stop(e.ctd, "dibba-run", "c1", 500, on_exit_cb, &stop), 0);
+  ck_assert(run_until(&e.loop, &stop.done, 1, 40000));
+  ck_assert_msg(stop.err == 0, "stop: %s", stop.msg);
+  ck_assert_uint_eq(stop.status, 128 + SIGKILL); /* sh as pid 1 ignores SIGTERM: killed after the grace */
+  ck_assert_int_eq(stop.oom, 0);
+  for (int i = 0; i < 2; i++) {
+    ctr_t del = {0};
+    ck_assert_int_eq(dibba_containerd_container_delete(e.ctd, "dibba-run", "c1", on_deleted, &del), 0);
+    ck_assert(run_until(&e.loop, &del.done, 1, 30000));
+    ck_assert_msg(del.err == 0, "delete %d: %s", i, del.msg);
+  }
+  res_t g = {0};
+  Containerd__Services__Containers__V1__GetContainerRequest greq =
+      CONTAINERD__SERVICES__CONTAINERS__V1__GET_CONTAINER_REQUEST__INIT;
+  greq.id = "c1";
+  dibba_containerd_call_opts_t in_run = {.ns = "dibba-run"};
+  ck_assert_int_eq(dibba_containerd_containers_get(e.ctd, &in_run, &greq, on_ctr_get, &g), 0);
+  ck_assert(run_until(&e.loop, &g.done, 1, 10000));
+  ck_assert_int_eq(g.err, -ENOENT);
+  Containerd__Services__Snapshots__V1__StatSnapshotRequest sreq =
+      CONTAINERD__SERVICES__SNAPSHOTS__V1__STAT_SNAPSHOT_REQUEST__INIT;
+  sreq.snapshotter = "overlayfs";
+  sreq.key = "c1";
+  res_t s = {0};
+  ck_assert_int_eq(dibba_containerd_snapshots_stat(e.ctd, &in_run, &sreq, on_snap_stat, &s), 0);
+  ck_assert(run_until(&e.loop, &s.done, 1, 10000));
+  ck_assert_int_eq(s.err, -ENOENT);
+  for (int i = 0; i < 100 && count_shims() > 0; i++)
+    usleep(50 * 1000);
+  ck_assert_int_eq(count_shims(), 0);
+
+  /* 4 MiB is refused before anything is created. */
+  o.id = "c-small";
+  o.oci.memory_bytes = 4ll << 20;
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &o, on_run, &run), -EINVAL);
+
+  /* dd with a 20 MiB buffer under a 15 MiB limit: OOMKilled. */
+  const char *dd[] = {"dd", "if=/dev/zero", "of=/dev/null", "bs=20M"};
+  dibba_container_opts_t oo = {.id = "c-oom", .ns = "dibba-run", .image = im.name};
+  oo.oci.command = dd;
+  oo.oci.n_command = 4;
+  oo.oci.memory_bytes = 15ll << 20;
+  ctr_t run2 = {0}, w = {0}, del = {0};
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &oo, on_run, &run2), 0);
+  ck_assert(run_until(&e.loop, &run2.done, 1, 60000));
+  ck_assert_msg(run2.err == 0, "run oom: %s", run2.msg);
+  ck_assert_int_eq(dibba_containerd_container_wait(e.ctd, "dibba-run", "c-oom", 30000, on_exit_cb, &w), 0);
+  ck_assert(run_until(&e.loop, &w.done, 1, 40000));
+  ck_assert_msg(w.err == 0, "wait: %s", w.msg);
+  ck_assert_uint_eq(w.status, 128 + SIGKILL);
+  ck_assert_int_eq(w.oom, 1);
+  ck_assert_int_eq(dibba_containerd_container_delete(e.ctd, "dibba-run", "c-oom", on_deleted, &del), 0);
+  ck_assert(run_until(&e.loop, &del.done, 1, 30000));
+  ck_assert_msg(del.err == 0, "delete: %s", del.msg);
+  env_down(&e);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("containerd");
@@ -455,6 +768,8 @@ int main(void) {
   tcase_add_test(tc, fifty_concurrent_versions);
   tcase_add_test(tc, introspection_and_cri_images);
   tcase_add_test(tc, events_and_reconnect_after_kill);
+  tcase_add_test(tc, image_import_twice_reuses_snapshots);
+  tcase_add_test(tc, container_run_logs_cgroup_stop_delete_oom);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

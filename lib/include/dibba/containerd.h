@@ -54,11 +54,13 @@ dibba_grpc_client_t *dibba_containerd_grpc(const dibba_containerd_t *ctd);
 const char *dibba_containerd_namespace(const dibba_containerd_t *ctd);
 const char *dibba_containerd_snapshotter(const dibba_containerd_t *ctd);
 void *dibba_containerd_data(const dibba_containerd_t *ctd);
+uv_loop_t *dibba_containerd_loop(const dibba_containerd_t *ctd);
 
 /* Per-call overrides; pass NULL for the defaults. */
 typedef struct dibba_containerd_call_opts_s {
   const char *ns;      /* containerd namespace for this call */
   uint64_t timeout_ms; /* deadline for this call */
+  const char *lease;   /* sent as containerd-lease: what the call creates is held by that lease */
 } dibba_containerd_call_opts_t;
 
 /* Unary calls: X(name, request type, response type, path, response descriptor).
@@ -133,6 +135,14 @@ typedef struct dibba_containerd_call_opts_s {
   X(images_list, Containerd__Services__Images__V1__ListImagesRequest,                                                  \
     Containerd__Services__Images__V1__ListImagesResponse, "/containerd.services.images.v1.Images/List",                \
     containerd__services__images__v1__list_images_response__descriptor)                                                \
+  X(images_create, Containerd__Services__Images__V1__CreateImageRequest,                                               \
+    Containerd__Services__Images__V1__CreateImageResponse, "/containerd.services.images.v1.Images/Create",             \
+    containerd__services__images__v1__create_image_response__descriptor)                                               \
+  X(images_update, Containerd__Services__Images__V1__UpdateImageRequest,                                               \
+    Containerd__Services__Images__V1__UpdateImageResponse, "/containerd.services.images.v1.Images/Update",             \
+    containerd__services__images__v1__update_image_response__descriptor)                                               \
+  X(images_delete, Containerd__Services__Images__V1__DeleteImageRequest, Google__Protobuf__Empty,                      \
+    "/containerd.services.images.v1.Images/Delete", google__protobuf__empty__descriptor)                               \
   X(images_get, Containerd__Services__Images__V1__GetImageRequest, Containerd__Services__Images__V1__GetImageResponse, \
     "/containerd.services.images.v1.Images/Get", containerd__services__images__v1__get_image_response__descriptor)     \
   X(content_info, Containerd__Services__Content__V1__InfoRequest, Containerd__Services__Content__V1__InfoResponse,     \
