@@ -318,7 +318,10 @@ def up(a):
     print("  CNI        %s bridge %s subnet %s" % (NET_NAME, BRIDGE, subnet))
     print("  config     %s   logs %s" % (p("dibba.json"), LOGS))
     print("  admin      password %s (stored in %s)" % (password, pw_path))
-    print("  log in:    curl -d 'username=admin&password=%s' http://127.0.0.1:%d/token" % (password, api_port))
+    # POST /token is an OAuth2 password grant (form-encoded); the answer's access_token goes in a Bearer header.
+    print("  log in:    TOKEN=$(curl -sf -d grant_type=password -d username=admin -d 'password=%s' "
+          "http://127.0.0.1:%d/token | jq -r .access_token)" % (password, api_port))
+    print("  use it:    curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:%d/v1/me" % api_port)
     print("  stop:      tools/dev down   (tools/dev down --purge also deletes the data)")
 
 

@@ -66,6 +66,7 @@ struct dibba_http_req_s {
   size_t nparams;
   dibba_http_principal_t principal;
   int authed;
+  char subject[sizeof(((dibba_http_principal_t *)0)->user)];
   char id[DIBBA_HTTP_ID_MAX + 1];
   uint64_t start_ns;
   int status;
@@ -171,6 +172,8 @@ struct dibba_http_server_s {
   void *auth_data;
   dibba_http_metrics_cb metrics_cb;
   void *metrics_data;
+  dibba_http_response_cb response_cb;
+  void *response_data;
   char **origins;
   size_t norigins;
   dibba_http_done_cb done_cb;

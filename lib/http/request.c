@@ -65,6 +65,22 @@ const dibba_http_principal_t *dibba_http_req_principal(const dibba_http_req_t *r
   return req->authed ? &req->principal : NULL;
 }
 
+void dibba_http_req_set_subject(dibba_http_req_t *req, const char *user) {
+  if (user == NULL) {
+    req->subject[0] = '\0';
+    return;
+  }
+  size_t n = strnlen(user, sizeof req->subject - 1);
+  memcpy(req->subject, user, n);
+  req->subject[n] = '\0';
+}
+
+const char *dibba_http_req_subject(const dibba_http_req_t *req) {
+  if (req->authed)
+    return req->principal.user;
+  return req->subject[0] ? req->subject : NULL;
+}
+
 const char *dibba_http_req_header(const dibba_http_req_t *req, const char *name) {
   size_t nl = strlen(name);
   for (size_t i = 0; i < req->nhdrs; i++) {
@@ -254,6 +270,8 @@ static void finish(dibba_http_req_t *req) {
       json_object_set_new_nocheck(f, "user", json_string(req->principal.user));
     dibba_log_info("http", f, "request");
   }
+  if (s->response_cb)
+    s->response_cb(s->response_data, req, req->status);
 }
 
 /* Queue bytes for req: straight to the socket when it is first in line, else into its pending output. */
@@ -453,8 +471,11 @@ static void run_handler(dibba_http_req_t *req) {
 }
 
 static void auth_finish(dibba_http_req_t *req, int status) {
-  if (status == 0 && req->principal.role < req->route->role)
+  if (status == 0 && req->principal.role < req->route->role) {
+    /* Known but not allowed: keep who it was for the response hook (audit), without authenticating. */
+    dibba_http_req_set_subject(req, req->principal.user);
     status = 403;
+  }
   if (status == 401) {
     dibba_http_respond_error(req, 401, "Not authenticated");
     return;

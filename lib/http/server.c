@@ -410,6 +410,11 @@ void dibba_http_server_set_metrics_hook(dibba_http_server_t *s, dibba_http_metri
   s->metrics_data = data;
 }
 
+void dibba_http_server_set_response_hook(dibba_http_server_t *s, dibba_http_response_cb cb, void *data) {
+  s->response_cb = cb;
+  s->response_data = data;
+}
+
 static void on_server_handle_close(uv_handle_t *h) {
   dibba_http_server_t *s = h->data;
   s->handles_open--;

@@ -50,6 +50,8 @@ struct ctx_s {
   int cancelled;
   dibba_ws_t *ws;
   int shutdown_on_msg;
+  char hook_log[2048]; /* one line per response hook call: METHOD ROUTE STATUS SUBJECT */
+  size_t hook_len;
   int client_done, server_done;
 };
 
@@ -296,6 +298,11 @@ static int authenticate(void *data, dibba_http_req_t *req, const char *token, di
     out->role = DIBBA_ROLE_VIEWER;
     return 0;
   }
+  if (strcmp(token, "gone-token") == 0) {
+    /* A well-formed token whose user no longer exists: rejected, but the audit knows who tried. */
+    dibba_http_req_set_subject(req, "ghost");
+    return 401;
+  }
   if (strcmp(token, "async-token") == 0) {
     dibba_http_req_ref(req);
     t->delayed = req;
@@ -306,6 +313,15 @@ static int authenticate(void *data, dibba_http_req_t *req, const char *token, di
 }
 
 static void app_metrics(void *data, dibba_buf_t *out) { dibba_buf_adds(out, "dibba_test_reconnects_total 7\n"); }
+
+static void on_response(void *data, dibba_http_req_t *req, int status) {
+  ctx_t *t = data;
+  const char *route = dibba_http_req_route(req), *who = dibba_http_req_subject(req);
+  int n = snprintf(t->hook_log + t->hook_len, sizeof t->hook_log - t->hook_len, "%s %s %d %s\n",
+                   dibba_http_req_method(req), route ? route : "-", status, who ? who : "-");
+  if (n > 0 && (size_t)n < sizeof t->hook_log - t->hook_len)
+    t->hook_len += (size_t)n;
+}
 
 static void *client_main(void *arg) {
   ctx_t *t = arg;
@@ -389,6 +405,7 @@ static void fixture_run(ctx_t *t, client_fn fn) {
   const char *origins[] = {"https://ok.example"};
   dibba_http_server_set_ws_origins(t->srv, origins, 1);
   dibba_http_server_set_metrics_hook(t->srv, app_metrics, t);
+  dibba_http_server_set_response_hook(t->srv, on_response, t);
   ck_assert_int_eq(dibba_http_server_listen(t->srv, "127.0.0.1", 0), 0);
   t->port = dibba_http_server_port(t->srv);
   ck_assert_int_gt(t->port, 0);
@@ -702,6 +719,37 @@ START_TEST(auth_roles) {
 }
 END_TEST
 
+/* ---- response hook (audit) ---- */
+
+static void c_hook(ctx_t *t) {
+  static const char req[] = "PUT /v1/pods/a/b/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                            "PUT /v1/pods/a/b/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer gone-token\r\n"
+                            "Content-Length: 0\r\n\r\n"
+                            "PUT /v1/pods/a/b/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer viewer-token\r\n"
+                            "Content-Length: 0\r\n\r\n"
+                            "PUT /v1/pods/a/b/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer async-token\r\n"
+                            "Content-Length: 0\r\n\r\n"
+                            "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                            "GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  exchange(t, req, sizeof req - 1);
+}
+
+START_TEST(response_hook_every_response) {
+  ctx_t t;
+  fixture_init(&t);
+  fixture_run(&t, c_hook);
+  ck_assert_int_eq(t.eof, 1);
+  /* Every response once, in the order they were produced (the async one last), with the final status and who it was
+   * (principal, else the subject the authenticator recorded); unmatched routes and streamed responses too. */
+  ck_assert_str_eq(t.hook_log, "PUT /v1/pods/{ns}/{name} 401 -\n"
+                               "PUT /v1/pods/{ns}/{name} 401 ghost\n"
+                               "PUT /v1/pods/{ns}/{name} 403 victor\n"
+                               "GET - 404 -\n"
+                               "GET /stream 200 -\n"
+                               "PUT /v1/pods/{ns}/{name} 200 async-user\n");
+}
+END_TEST
+
 /* ---- WebSocket ---- */
 
 static void c_ws_fragments(ctx_t *t) {
@@ -974,6 +1022,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, slow_header_timeout);
   tcase_add_test(tc, routing_and_errors);
   tcase_add_test(tc, auth_roles);
+  tcase_add_test(tc, response_hook_every_response);
   tcase_add_test(tc, ws_fragments_ping_and_1002);
   tcase_add_loop_test(tc, ws_protocol_errors, 0, 8);
   tcase_add_test(tc, ws_handshake_rules);

@@ -123,6 +123,12 @@ void dibba_http_server_set_auth(dibba_http_server_t *s, dibba_http_auth_cb cb, v
 void dibba_http_server_set_ws_origins(dibba_http_server_t *s, const char *const *origins, size_t n);
 /* App hook appended to the /metrics text. */
 void dibba_http_server_set_metrics_hook(dibba_http_server_t *s, dibba_http_metrics_cb cb, void *data);
+/* Called once for every completed response (after the last byte was queued, before the request can be freed),
+ * with the final status, in the order responses are produced: the place for audit records and other per-request
+ * bookkeeping that must cover every route. Requests whose client went away before a response are not reported. */
+typedef void (*dibba_http_response_cb)(void *data, dibba_http_req_t *req, int status);
+/* Set the response hook (NULL cb: none). */
+void dibba_http_server_set_response_hook(dibba_http_server_t *s, dibba_http_response_cb cb, void *data);
 /* Listen on host:port ("127.0.0.1", 8080; port 0 picks one). Returns 0 or a UV_E* code. */
 int dibba_http_server_listen(dibba_http_server_t *s, const char *host, int port);
 /* Listen on an "host:port" address string ("[::1]:8080" too). Returns 0, -EINVAL or a UV_E* code. */
@@ -162,6 +168,11 @@ const char *dibba_http_req_body(const dibba_http_req_t *req, size_t *len);
 json_t *dibba_http_req_json(const dibba_http_req_t *req);
 /* The authenticated principal, or NULL for public routes. */
 const dibba_http_principal_t *dibba_http_req_principal(const dibba_http_req_t *req);
+/* Record who a request was about when no principal was established (the username of a failed login, the sub
+ * of a token whose user is gone). Copied, truncated to fit dibba_http_principal_t.user. NULL clears it. */
+void dibba_http_req_set_subject(dibba_http_req_t *req, const char *user);
+/* The principal's user if authenticated, else the subject set above, else NULL. */
+const char *dibba_http_req_subject(const dibba_http_req_t *req);
 /* The request id (inbound X-Request-Id if sane, else generated). */
 const char *dibba_http_req_id(const dibba_http_req_t *req);
 /* The client address text ("127.0.0.1:51234"). */
