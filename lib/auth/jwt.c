@@ -8,6 +8,7 @@
 #include <jwt.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
 #include <openssl/hmac.h>
 
 #include "dibba/alloc.h"
@@ -56,6 +57,19 @@ int dibba_auth_jwt_init(dibba_auth_jwt_t *j, dibba_auth_alg_t alg, const void *k
   j->keylen = keylen;
   j->ttl = ttl;
   j->leeway = leeway;
+  /* Key the HMAC once; each verify re-initialises it with the same key, which skips the per-call algorithm
+   * fetch and key set-up that one-shot HMAC() does (about half the cost of a verify). */
+  EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  EVP_MAC_CTX *ctx = m ? EVP_MAC_CTX_new(m) : NULL;
+  EVP_MAC_free(m);
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)EVP_MD_get0_name(alg_md(alg)), 0),
+                         OSSL_PARAM_construct_end()};
+  if (ctx == NULL || EVP_MAC_init(ctx, j->key, j->keylen, params) != 1) {
+    EVP_MAC_CTX_free(ctx);
+    dibba_auth_jwt_free(j);
+    return -ENOMEM;
+  }
+  j->mac = ctx;
   return 0;
 }
 
@@ -99,6 +113,8 @@ void dibba_auth_jwt_free(dibba_auth_jwt_t *j) {
   }
   j->key = NULL;
   j->keylen = 0;
+  EVP_MAC_CTX_free(j->mac);
+  j->mac = NULL;
 }
 
 int dibba_auth_jwt_issue(const dibba_auth_jwt_t *j, const char *sub, dibba_auth_role_t role, int64_t now, char **token,
@@ -161,7 +177,6 @@ int dibba_auth_jwt_verify(const dibba_auth_jwt_t *j, const char *token, size_t l
   json_t *hdr = NULL, *pl = NULL;
   unsigned char *buf = NULL;
   unsigned char mac[EVP_MAX_MD_SIZE], sig[EVP_MAX_MD_SIZE];
-  unsigned int maclen = 0;
   int64_t iat, nbf, exp;
   int r = -EINVAL;
 
@@ -193,9 +208,11 @@ int dibba_auth_jwt_verify(const dibba_auth_jwt_t *j, const char *token, size_t l
   }
 
   /* 2. The signature over "header.payload", before anything in the payload is believed. */
-  const EVP_MD *md = alg_md(j->alg);
   long siglen = dibba__b64url_decode(d2 + 1, slen, sig, sizeof sig);
-  if (HMAC(md, j->key, (int)j->keylen, (const unsigned char *)token, (size_t)(d2 - token), mac, &maclen) == NULL) {
+  size_t maclen = 0;
+  if (EVP_MAC_init(j->mac, NULL, 0, NULL) != 1 ||
+      EVP_MAC_update(j->mac, (const unsigned char *)token, (size_t)(d2 - token)) != 1 ||
+      EVP_MAC_final(j->mac, mac, &maclen, sizeof mac) != 1) {
     r = -ENOMEM;
     goto out;
   }

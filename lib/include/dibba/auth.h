@@ -164,6 +164,7 @@ typedef struct dibba_auth_jwt_s {
   size_t keylen;
   int64_t ttl;    /* seconds */
   int64_t leeway; /* seconds of clock skew allowed for exp, nbf and iat */
+  void *mac;      /* keyed HMAC state (EVP_MAC_CTX), re-initialised per token: verify is single-threaded */
 } dibba_auth_jwt_t;
 
 typedef struct dibba_auth_claims_s {
