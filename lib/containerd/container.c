@@ -39,9 +39,10 @@ static void del_end(del_t *d) {
   uv_close((uv_handle_t *)&d->timer, close_free);
 }
 
-static void del_fail(del_t *d, int err, const char *what) {
+static void del_fail(del_t *d, int err, const char *what, const dibba_grpc_status_t *st) {
   d->err = err;
-  snprintf(d->msg, sizeof d->msg, "delete %s: %s: %s", d->id, what, dibba_strerror(err));
+  snprintf(d->msg, sizeof d->msg, "delete %s: %s: %s", d->id, what,
+           st && st->message && *st->message ? st->message : dibba_strerror(err));
   del_end(d);
 }
 
@@ -49,7 +50,7 @@ static void on_snap_removed(dibba_containerd_t *ctd, int err, const dibba_grpc_s
                             Google__Protobuf__Empty *resp, void *data) {
   del_t *d = data;
   if (err < 0 && err != -ENOENT)
-    del_fail(d, err, "snapshot remove");
+    del_fail(d, err, "snapshot remove", st);
   else
     del_end(d);
 }
@@ -58,7 +59,7 @@ static void on_ctr_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_st
                            Google__Protobuf__Empty *resp, void *data) {
   del_t *d = data;
   if (err < 0 && err != -ENOENT) {
-    del_fail(d, err, "container delete");
+    del_fail(d, err, "container delete", st);
     return;
   }
   Containerd__Services__Snapshots__V1__RemoveSnapshotRequest req =
@@ -68,7 +69,7 @@ static void on_ctr_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_st
   dibba_containerd_call_opts_t o = {.ns = d->ns};
   int rc = dibba_containerd_snapshots_remove(ctd, &o, &req, on_snap_removed, d);
   if (rc < 0)
-    del_fail(d, rc, "snapshot remove");
+    del_fail(d, rc, "snapshot remove", NULL);
 }
 
 static void on_retry(uv_timer_t *t) { del_task(t->data); }
@@ -76,13 +77,16 @@ static void on_retry(uv_timer_t *t) { del_task(t->data); }
 static void on_task_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
                             Containerd__Services__Tasks__V1__DeleteResponse *resp, void *data) {
   del_t *d = data;
-  if (err == -EBUSY && ++d->tries < DELETE_RETRIES) {
+  /* Still running after the SIGKILL: FailedPrecondition, or (from the runc shim) Unknown "cannot delete a running
+   * process". */
+  int busy = err == -EBUSY || (err == DIBBA_EPROTO && st->message && strstr(st->message, "running process"));
+  if (busy && ++d->tries < DELETE_RETRIES) {
     /* Still running: the SIGKILL has not landed yet. */
     uv_timer_start(&d->timer, on_retry, POLL_MS, 0);
     return;
   }
   if (err < 0 && err != -ENOENT) {
-    del_fail(d, err, "task delete");
+    del_fail(d, err, "task delete", st);
     return;
   }
   Containerd__Services__Containers__V1__DeleteContainerRequest req =
@@ -91,7 +95,7 @@ static void on_task_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_s
   dibba_containerd_call_opts_t o = {.ns = d->ns};
   int rc = dibba_containerd_containers_delete(ctd, &o, &req, on_ctr_deleted, d);
   if (rc < 0)
-    del_fail(d, rc, "container delete");
+    del_fail(d, rc, "container delete", NULL);
 }
 
 static void del_task(del_t *d) {
@@ -100,7 +104,7 @@ static void del_task(del_t *d) {
   dibba_containerd_call_opts_t o = {.ns = d->ns};
   int rc = dibba_containerd_tasks_delete(d->ctd, &o, &req, on_task_deleted, d);
   if (rc < 0)
-    del_fail(d, rc, "task delete");
+    del_fail(d, rc, "task delete", NULL);
 }
 
 static void on_del_killed(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,

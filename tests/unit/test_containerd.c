@@ -16,6 +16,7 @@
 #include "dibba/alloc.h"
 #include "dibba/containerd.h"
 #include "dibba/containerd_container.h"
+#include "dibba/containerd_exec.h"
 #include "dibba/containerd_image.h"
 #include "dibba/error.h"
 
@@ -123,10 +124,22 @@ static void setup(void) {
   containerd_start();
 }
 
+static void kill_shims(void);
+
 static void teardown(void) {
   containerd_kill();
+  kill_shims(); /* shims outlive a killed containerd; a failed test may leave one */
   char cmd[512];
-  snprintf(cmd, sizeof cmd, "umount -R -l %s/root 2>/dev/null; umount -R -l %s/state 2>/dev/null; rm -rf %s", tmpdir,
+  /* Keep containerd's log for a failed run to look at. */
+  const char *keep = getenv("DIBBA_KEEP_CONTAINERD_LOG");
+  if (keep && *keep) {
+    snprintf(cmd, sizeof cmd, "cp %s/containerd.log %s", tmpdir, keep);
+    if (system(cmd) != 0)
+      fprintf(stderr, "cannot copy the containerd log to %s\n", keep);
+  }
+  /* Every mount below tmpdir (a container rootfs left by a failed test too), deepest first, lazily. */
+  snprintf(cmd, sizeof cmd,
+           "awk '$2 ~ \"^%s/\" {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null; rm -rf %s",
            tmpdir, tmpdir);
   if (system(cmd) != 0)
     fprintf(stderr, "cleanup of %s failed\n", tmpdir);
@@ -637,6 +650,31 @@ static int count_shims(void) {
   return n;
 }
 
+static void kill_shims(void) {
+  DIR *d = opendir("/proc");
+  struct dirent *de;
+  while (d && (de = readdir(d))) {
+    char path[300], buf[4096];
+    if (de->d_name[0] < '0' || de->d_name[0] > '9')
+      continue;
+    snprintf(path, sizeof path, "/proc/%s/cmdline", de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    int ours = 0;
+    for (size_t k = 0; k < len; k += strlen(buf + k) + 1)
+      if (strstr(buf + k, sockpath))
+        ours = 1;
+    if (ours && strstr(buf, "containerd-shim"))
+      kill(atoi(de->d_name), SIGKILL);
+  }
+  if (d)
+    closedir(d);
+}
+
 static int log_has(const char *path, const char *needle, int ms) {
   for (int i = 0; i < ms / 50; i++) {
     FILE *f = fopen(path, "r");
@@ -758,6 +796,166 @@ START_TEST(container_run_logs_cgroup_stop_delete_oom) {
 }
 END_TEST
 
+/* ---------------- exec ---------------- */
+
+typedef struct {
+  int done, err, have, timed_out, out_trunc;
+  uint32_t status;
+  char out[256], errtext[256], msg[256];
+  size_t out_len;
+} exec_res_t;
+
+static void on_exec_done(dibba_containerd_t *ctd, int err, const char *msg, const dibba_exec_result_t *res,
+                         void *data) {
+  exec_res_t *r = data;
+  r->done++;
+  r->err = err;
+  snprintf(r->msg, sizeof r->msg, "%s", msg);
+  if (res) {
+    r->have = 1;
+    r->status = res->exit_status;
+    r->timed_out = res->timed_out;
+    r->out_trunc = res->out_truncated;
+    r->out_len = res->out_len;
+    snprintf(r->out, sizeof r->out, "%s", res->out);
+    snprintf(r->errtext, sizeof r->errtext, "%s", res->err);
+  }
+}
+
+static void on_task_get_res(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                            Containerd__Services__Tasks__V1__GetResponse *resp, void *data) {
+  res_t *r = data;
+  r->done++;
+  r->err = err;
+}
+
+static int dir_entries(const char *path) {
+  int n = 0;
+  DIR *d = opendir(path);
+  struct dirent *de;
+  while (d && (de = readdir(d)))
+    n += de->d_name[0] != '.';
+  if (d)
+    closedir(d);
+  return n;
+}
+
+/* A process whose cmdline is exactly argv (NUL-separated). */
+static int process_running(const char *const *argv, int n) {
+  char want[256];
+  size_t wl = 0;
+  for (int i = 0; i < n; i++) {
+    size_t l = strlen(argv[i]) + 1;
+    memcpy(want + wl, argv[i], l);
+    wl += l;
+  }
+  int found = 0;
+  DIR *d = opendir("/proc");
+  struct dirent *de;
+  while (d && (de = readdir(d))) {
+    char path[300], buf[256];
+    if (de->d_name[0] < '0' || de->d_name[0] > '9')
+      continue;
+    snprintf(path, sizeof path, "/proc/%s/cmdline", de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+      continue;
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    found |= len == wl && !memcmp(buf, want, wl);
+  }
+  if (d)
+    closedir(d);
+  return found;
+}
+
+START_TEST(exec_output_timeout_and_missing) {
+  env_t e;
+  env_up(&e);
+  img_t im;
+  /* A namespace of this run only: runc's state (/run/containerd/runc/<ns>/<id>) is shared by every containerd. */
+  char ns[64];
+  snprintf(ns, sizeof ns, "dibba-exec-%d", (int)getpid());
+  import_archive(&e, ns, busybox_tar, &im);
+  ck_assert_msg(im.err == 0, "import: %s", im.msg);
+  const char *cmd[] = {"sleep", "60"};
+  dibba_container_opts_t o = {.id = "x1", .ns = ns, .image = im.name};
+  o.oci.command = cmd;
+  o.oci.n_command = 2;
+  ctr_t run = {0};
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &o, on_run, &run), 0);
+  ck_assert(run_until(&e.loop, &run.done, 1, 60000));
+  ck_assert_msg(run.err == 0, "run: %s", run.msg);
+
+  char state[200];
+  snprintf(state, sizeof state, "%s/exec-state", tmpdir);
+  const char *sh[] = {"sh", "-c", "echo out; echo err >&2; exit 3"};
+  dibba_exec_opts_t xo = {.id = "x1", .ns = ns, .args = sh, .n_args = 3, .state_dir = state};
+  exec_res_t r1 = {0};
+  ck_assert_int_eq(dibba_containerd_exec(e.ctd, &xo, on_exec_done, &r1, NULL), 0);
+  ck_assert(run_until(&e.loop, &r1.done, 1, 20000));
+  ck_assert_msg(r1.err == 0, "exec: %s", r1.msg);
+  ck_assert_int_eq(r1.have, 1);
+  ck_assert_uint_eq(r1.status, 3);
+  ck_assert_str_eq(r1.out, "out\n");
+  ck_assert_str_eq(r1.errtext, "err\n");
+  ck_assert_int_eq(r1.timed_out, 0);
+  ck_assert_int_eq(dir_entries(state), 0); /* FIFOs removed */
+
+  /* Output beyond the cap is dropped and flagged. */
+  const char *big[] = {"sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"};
+  dibba_exec_opts_t bo = {.id = "x1", .ns = ns, .args = big, .n_args = 3, .state_dir = state, .output_max = 1000};
+  exec_res_t rb = {0};
+  ck_assert_int_eq(dibba_containerd_exec(e.ctd, &bo, on_exec_done, &rb, NULL), 0);
+  ck_assert(run_until(&e.loop, &rb.done, 1, 20000));
+  ck_assert_msg(rb.err == 0, "exec big: %s", rb.msg);
+  ck_assert_uint_eq(rb.status, 0);
+  ck_assert_uint_eq(rb.out_len, 1000);
+  ck_assert_int_eq(rb.out_trunc, 1);
+
+  /* A timeout kills the process, and it is gone afterwards. */
+  const char *sl[] = {"sleep", "10"};
+  dibba_exec_opts_t so = {
+      .id = "x1", .ns = ns, .exec_id = "slow", .args = sl, .n_args = 2, .state_dir = state, .timeout_ms = 500};
+  exec_res_t r2 = {0};
+  uint64_t t0 = uv_now(&e.loop);
+  ck_assert_int_eq(dibba_containerd_exec(e.ctd, &so, on_exec_done, &r2, NULL), 0);
+  ck_assert(run_until(&e.loop, &r2.done, 1, 20000));
+  ck_assert_msg(r2.err == 0, "exec sleep: %s", r2.msg);
+  ck_assert_int_eq(r2.timed_out, 1);
+  ck_assert_uint_eq(r2.status, 128 + SIGKILL);
+  ck_assert_uint_lt(uv_now(&e.loop) - t0, 5000);
+  ck_assert_int_eq(process_running(sl, 2), 0);
+  Containerd__Services__Tasks__V1__GetRequest greq = CONTAINERD__SERVICES__TASKS__V1__GET_REQUEST__INIT;
+  greq.container_id = "x1";
+  greq.exec_id = "slow";
+  res_t g = {0};
+  dibba_containerd_call_opts_t in_exec = {.ns = ns};
+  ck_assert_int_eq(dibba_containerd_tasks_get(e.ctd, &in_exec, &greq, on_task_get_res, &g), 0);
+  ck_assert(run_until(&e.loop, &g.done, 1, 10000));
+  ck_assert_int_eq(g.err, -ENOENT);
+  ck_assert_int_eq(dir_entries(state), 0);
+
+  /* No such container. */
+  dibba_exec_opts_t mo = {.id = "no-such", .ns = ns, .args = sh, .n_args = 3, .state_dir = state};
+  exec_res_t r3 = {0};
+  ck_assert_int_eq(dibba_containerd_exec(e.ctd, &mo, on_exec_done, &r3, NULL), 0);
+  ck_assert(run_until(&e.loop, &r3.done, 1, 20000));
+  ck_assert_int_eq(r3.err, -ENOENT);
+  ck_assert_int_eq(r3.have, 0);
+  ck_assert_int_eq(dir_entries(state), 0);
+  /* Bad arguments fail at once. */
+  mo.n_args = 0;
+  ck_assert_int_eq(dibba_containerd_exec(e.ctd, &mo, on_exec_done, &r3, NULL), -EINVAL);
+
+  ctr_t del = {0};
+  ck_assert_int_eq(dibba_containerd_container_delete(e.ctd, ns, "x1", on_deleted, &del), 0);
+  ck_assert(run_until(&e.loop, &del.done, 1, 30000));
+  ck_assert_msg(del.err == 0, "delete: %s", del.msg);
+  env_down(&e);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("containerd");
@@ -770,6 +968,7 @@ int main(void) {
   tcase_add_test(tc, events_and_reconnect_after_kill);
   tcase_add_test(tc, image_import_twice_reuses_snapshots);
   tcase_add_test(tc, container_run_logs_cgroup_stop_delete_oom);
+  tcase_add_test(tc, exec_output_timeout_and_missing);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

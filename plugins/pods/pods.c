@@ -1,0 +1,650 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The pods plugin: container tasks (import/pull/list images, run/stop/delete containers, logs, exec) on containerd. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dibba/alloc.h"
+#include "dibba/containerd.h"
+#include "dibba/containerd_container.h"
+#include "dibba/containerd_exec.h"
+#include "dibba/containerd_image.h"
+#include "dibba/error.h"
+#include "dibba/plugin.h"
+
+#define LOG_TAIL_MAX (1u << 20) /* bytes read from the end of a log file */
+#define TAIL_LINES_MAX 10000
+#define ARGV_MAX 256
+
+typedef struct pods_s {
+  dibba_plugin_ctx_t *ctx;
+  dibba_containerd_t *ctd;
+  char *ns;
+  char *logger;    /* dibba-logger binary */
+  char *log_dir;   /* <log_dir>/<ns>/<id>.log */
+  char *state_dir; /* exec FIFOs */
+} pods_t;
+
+/* One running task: the handler's state, freed when the task ends. */
+typedef struct op_s {
+  dibba_task_ctx_t *t;
+  pods_t *p;
+  uv_work_t work;
+  char *ns, *id, *path;
+  const char **argv[4]; /* command, args, env, exec argv */
+  size_t argc[4];
+  dibba_oci_mount_t *mounts;
+  size_t n_mounts;
+  dibba_container_opts_t co;
+  uint64_t n;
+  json_t *result;
+  int err;
+  dibba_exec_t *exec;
+} op_t;
+
+static pods_t *pods_of(dibba_task_ctx_t *t) { return t->handler_data; }
+
+static void op_free(op_t *o) {
+  free(o->ns);
+  free(o->id);
+  free(o->path);
+  for (int i = 0; i < 4; i++)
+    free(o->argv[i]);
+  free(o->mounts);
+  json_decref(o->result);
+  free(o);
+}
+
+static void op_fail(op_t *o, int err, const char *msg) {
+  dibba_task_ctx_t *t = o->t;
+  op_free(o);
+  dibba_task_fail(t, err, NULL, msg);
+}
+
+static void op_done(op_t *o, json_t *result) {
+  dibba_task_ctx_t *t = o->t;
+  op_free(o);
+  dibba_task_complete(t, result);
+}
+
+static int bad_arg(dibba_task_ctx_t *t, const char *field, const char *what) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "args.%s: %s", field, what);
+  dibba_task_fail(t, -EINVAL, "EINVAL", msg);
+  return 0;
+}
+
+/* A string argument: 1 found, 0 absent (and not required), -1 invalid (the task has been failed). */
+static int arg_str(dibba_task_ctx_t *t, const char *key, int required, const char **out) {
+  json_t *v = json_object_get(t->args, key);
+  *out = NULL;
+  if (!v || json_is_null(v)) {
+    if (required) {
+      bad_arg(t, key, "required string");
+      return -1;
+    }
+    return 0;
+  }
+  if (!json_is_string(v) || !*json_string_value(v)) {
+    bad_arg(t, key, "must be a non-empty string");
+    return -1;
+  }
+  *out = json_string_value(v);
+  return 1;
+}
+
+static int arg_uint(dibba_task_ctx_t *t, const json_t *obj, const char *key, const char *field, uint64_t *out) {
+  json_t *v = json_object_get(obj, key);
+  if (!v || json_is_null(v))
+    return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < 0) {
+    bad_arg(t, field, "must be a non-negative integer");
+    return -1;
+  }
+  *out = (uint64_t)json_integer_value(v);
+  return 1;
+}
+
+/* An array of strings (or, for env, an object of strings turned into "K=V"), borrowed from args except env
+ * objects, whose strings are kept in o->result until the task ends. */
+static int arg_strv(op_t *o, const char *key, int slot, int allow_object) {
+  json_t *v = json_object_get(o->t->args, key);
+  if (!v || json_is_null(v))
+    return 0;
+  if (allow_object && json_is_object(v)) {
+    if (!o->result)
+      o->result = json_array();
+    const char *k;
+    json_t *val;
+    o->argv[slot] = dibba_xcalloc(json_object_size(v) + 1, sizeof(char *));
+    json_object_foreach(v, k, val) {
+      if (!json_is_string(val))
+        return bad_arg(o->t, key, "values must be strings") - 1;
+      char *kv = dibba_xasprintf("%s=%s", k, json_string_value(val));
+      json_array_append_new(o->result, json_string(kv));
+      free(kv);
+      o->argv[slot][o->argc[slot]++] = json_string_value(json_array_get(o->result, json_array_size(o->result) - 1));
+    }
+    return 1;
+  }
+  if (!json_is_array(v) || json_array_size(v) > ARGV_MAX)
+    return bad_arg(o->t, key,
+                   allow_object ? "must be an object or an array of strings" : "must be an array of strings") -
+           1;
+  o->argv[slot] = dibba_xcalloc(json_array_size(v) + 1, sizeof(char *));
+  size_t i;
+  json_t *e;
+  json_array_foreach(v, i, e) {
+    if (!json_is_string(e))
+      return bad_arg(o->t, key, "must be an array of strings") - 1;
+    o->argv[slot][o->argc[slot]++] = json_string_value(e);
+  }
+  return 1;
+}
+
+static op_t *op_new(dibba_task_ctx_t *t) {
+  op_t *o = dibba_xcalloc(1, sizeof *o);
+  o->t = t;
+  o->p = pods_of(t);
+  return o;
+}
+
+/* id and namespace, common to most tasks. Returns 0, or -1 when the task has been failed. */
+static int op_target(op_t *o, int need_id) {
+  const char *id = NULL, *ns = NULL;
+  if ((need_id && arg_str(o->t, "id", 1, &id) < 0) || arg_str(o->t, "namespace", 0, &ns) < 0)
+    return -1;
+  if (id && (strchr(id, '/') || strlen(id) > 76 || id[0] == '.')) {
+    bad_arg(o->t, "id", "must be a container id ([A-Za-z0-9._-], at most 76)");
+    return -1;
+  }
+  o->id = id ? dibba_xstrdup(id) : NULL;
+  o->ns = dibba_xstrdup(ns ? ns : o->p->ns);
+  return 0;
+}
+
+/* ---------------- import_image ---------------- */
+
+static void on_imported(dibba_containerd_t *ctd, int err, const char *msg, const dibba_image_result_t *res,
+                        void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s, s:s, s:s, s:I, s:I}", "name", res->name, "digest", res->manifest_digest, "chain_id",
+                       res->chain_id, "layers", (json_int_t)res->layers, "layers_unpacked",
+                       (json_int_t)res->layers_unpacked));
+}
+
+static int import_run(dibba_task_ctx_t *t) {
+  const char *archive, *name;
+  if (arg_str(t, "archive", 1, &archive) < 0 || arg_str(t, "name", 0, &name) < 0)
+    return 0;
+  if (archive[0] != '/')
+    return bad_arg(t, "archive", "must be an absolute path");
+  op_t *o = op_new(t);
+  if (op_target(o, 0) < 0) {
+    op_free(o);
+    return 0;
+  }
+  dibba_image_import_opts_t io = {.archive = archive, .name = name, .ns = o->ns};
+  int rc = dibba_containerd_image_import(o->p->ctd, &io, on_imported, o);
+  if (rc < 0)
+    op_fail(o, rc, "import_image: cannot open the archive");
+  return 0;
+}
+
+/* ---------------- pull_image (CRI) ---------------- */
+
+static void on_pulled(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                      Runtime__V1__PullImageResponse *resp, void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "pull_image: %s", st->message && *st->message ? st->message : dibba_strerror(err));
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s}", "image_ref", resp->image_ref));
+}
+
+static int pull_run(dibba_task_ctx_t *t) {
+  const char *image, *user, *pass, *ns;
+  if (arg_str(t, "image", 1, &image) < 0 || arg_str(t, "username", 0, &user) < 0 ||
+      arg_str(t, "password", 0, &pass) < 0 || arg_str(t, "namespace", 0, &ns) < 0)
+    return 0;
+  if (!user != !pass)
+    return bad_arg(t, user ? "password" : "username", "username and password go together");
+  op_t *o = op_new(t);
+  Runtime__V1__ImageSpec spec = RUNTIME__V1__IMAGE_SPEC__INIT;
+  spec.image = (char *)image;
+  Runtime__V1__AuthConfig auth = RUNTIME__V1__AUTH_CONFIG__INIT;
+  auth.username = (char *)(user ? user : "");
+  auth.password = (char *)(pass ? pass : "");
+  Runtime__V1__PullImageRequest req = RUNTIME__V1__PULL_IMAGE_REQUEST__INIT;
+  req.image = &spec;
+  req.auth = user ? &auth : NULL;
+  /* CRI keeps its images in its own namespace (k8s.io): a namespace argument cannot change that. */
+  dibba_containerd_call_opts_t co = {.timeout_ms = 10 * 60 * 1000};
+  char line[300];
+  snprintf(line, sizeof line, "pulling %s%s", image, user ? " with credentials" : "");
+  t->ops->log(t, DIBBA_PLUGIN_LOG_INFO, line);
+  int rc = dibba_containerd_cri_pull_image(o->p->ctd, &co, &req, on_pulled, o);
+  if (rc < 0)
+    op_fail(o, rc, "pull_image: containerd unreachable");
+  return 0;
+}
+
+/* ---------------- list_images ---------------- */
+
+static void on_listed(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                      Containerd__Services__Images__V1__ListImagesResponse *resp, void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    op_fail(o, err, "list_images: Images.List failed");
+    return;
+  }
+  json_t *arr = json_array();
+  for (size_t i = 0; i < resp->n_images; i++) {
+    const Containerd__Services__Images__V1__Image *im = resp->images[i];
+    json_array_append_new(arr, json_pack("{s:s, s:s}", "name", im->name, "digest",
+                                         im->target && im->target->digest ? im->target->digest : ""));
+  }
+  op_done(o, json_pack("{s:s, s:o}", "namespace", o->ns, "images", arr));
+}
+
+static int list_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  if (op_target(o, 0) < 0) {
+    op_free(o);
+    return 0;
+  }
+  Containerd__Services__Images__V1__ListImagesRequest req = CONTAINERD__SERVICES__IMAGES__V1__LIST_IMAGES_REQUEST__INIT;
+  dibba_containerd_call_opts_t co = {.ns = o->ns};
+  int rc = dibba_containerd_images_list(o->p->ctd, &co, &req, on_listed, o);
+  if (rc < 0)
+    op_fail(o, rc, "list_images: containerd unreachable");
+  return 0;
+}
+
+/* ---------------- run_container ---------------- */
+
+static void on_ran(dibba_containerd_t *ctd, int err, const char *msg, uint32_t pid, void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s, s:s, s:I, s:s, s:s}", "id", o->id, "namespace", o->ns, "pid", (json_int_t)pid, "status",
+                       "running", "log_path", o->path));
+}
+
+static void work_mkdir(uv_work_t *w) {
+  op_t *o = w->data;
+  char dir[4200];
+  snprintf(dir, sizeof dir, "%s", o->path);
+  char *slash = strrchr(dir, '/');
+  if (slash)
+    *slash = '\0';
+  o->err = 0;
+  for (char *q = dir + 1; *q; q++)
+    if (*q == '/') {
+      *q = '\0';
+      if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        o->err = -errno;
+      *q = '/';
+    }
+  if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+    o->err = -errno;
+}
+
+static void after_mkdir(uv_work_t *w, int status) {
+  op_t *o = w->data;
+  if (status < 0 || o->err < 0) {
+    op_fail(o, status < 0 ? status : o->err, "run_container: cannot create the log directory");
+    return;
+  }
+  int rc = dibba_containerd_container_run(o->p->ctd, &o->co, on_ran, o);
+  if (rc < 0)
+    op_fail(o, rc, "run_container: invalid options (memory below the minimum, or a bad log path)");
+}
+
+static int run_parse_mounts(op_t *o) {
+  json_t *m = json_object_get(o->t->args, "mounts");
+  if (!m || json_is_null(m))
+    return 0;
+  if (!json_is_array(m) || json_array_size(m) > ARGV_MAX)
+    return bad_arg(o->t, "mounts", "must be an array") - 1;
+  o->mounts = dibba_xcalloc(json_array_size(m) + 1, sizeof *o->mounts);
+  size_t i;
+  json_t *e;
+  json_array_foreach(m, i, e) {
+    const char *dst = json_string_value(json_object_get(e, "destination"));
+    const char *src = json_string_value(json_object_get(e, "source"));
+    if (!dst || dst[0] != '/' || !src || src[0] != '/')
+      return bad_arg(o->t, "mounts", "each needs absolute destination and source") - 1;
+    o->mounts[i].destination = dst;
+    o->mounts[i].source = src;
+    o->mounts[i].readonly = json_is_true(json_object_get(e, "readonly"));
+  }
+  o->n_mounts = json_array_size(m);
+  return 0;
+}
+
+static int run_run(dibba_task_ctx_t *t) {
+  const char *image, *wd, *user;
+  if (arg_str(t, "image", 1, &image) < 0 || arg_str(t, "workingDir", 0, &wd) < 0 || arg_str(t, "user", 0, &user) < 0)
+    return 0;
+  op_t *o = op_new(t);
+  if (op_target(o, 1) < 0 || arg_strv(o, "command", 0, 0) < 0 || arg_strv(o, "args", 1, 0) < 0 ||
+      arg_strv(o, "env", 2, 1) < 0 || run_parse_mounts(o) < 0) {
+    op_free(o);
+    return 0;
+  }
+  dibba_oci_opts_t *oci = &o->co.oci;
+  json_t *res = json_object_get(t->args, "resources");
+  if (res && !json_is_null(res)) {
+    uint64_t cpu = 0, mem = 0;
+    const char *cpuset = json_string_value(json_object_get(res, "cpuset_cpus"));
+    if (!json_is_object(res)) {
+      bad_arg(t, "resources", "must be an object");
+      op_free(o);
+      return 0;
+    }
+    if (arg_uint(t, res, "cpu_millicores", "resources.cpu_millicores", &cpu) < 0 ||
+        arg_uint(t, res, "memory", "resources.memory", &mem) < 0) {
+      op_free(o);
+      return 0;
+    }
+    if (mem && mem < (uint64_t)DIBBA_OCI_MIN_MEMORY) {
+      bad_arg(t, "resources.memory", "below the minimum of 6 MiB");
+      op_free(o);
+      return 0;
+    }
+    oci->cpu_millis = (int64_t)cpu;
+    oci->memory_bytes = (int64_t)mem;
+    oci->cpuset = cpuset;
+  }
+  oci->command = o->argv[0];
+  oci->n_command = o->argc[0];
+  oci->args = o->argv[1];
+  oci->n_args = o->argc[1];
+  oci->env = o->argv[2];
+  oci->n_env = o->argc[2];
+  oci->working_dir = wd;
+  oci->user = user;
+  oci->mounts = o->mounts;
+  oci->n_mounts = o->n_mounts;
+  o->path = dibba_xasprintf("%s/%s/%s.log", o->p->log_dir, o->ns, o->id);
+  o->co.id = o->id;
+  o->co.ns = o->ns;
+  o->co.image = image;
+  o->co.logger = o->p->logger;
+  o->co.log_path = o->path;
+  o->co.log_max_size = 10u << 20;
+  o->co.log_max_files = 2;
+  o->work.data = o;
+  int rc = uv_queue_work(t->loop, &o->work, work_mkdir, after_mkdir);
+  if (rc < 0)
+    op_fail(o, rc, "run_container: queue work");
+  return 0;
+}
+
+/* ---------------- stop_container / delete_container ---------------- */
+
+static void on_stopped(dibba_containerd_t *ctd, int err, const char *msg, uint32_t status, int oom, void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s, s:s, s:I, s:b}", "id", o->id, "status", "stopped", "exit_status", (json_int_t)status,
+                       "oom_killed", oom));
+}
+
+static int stop_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  uint64_t grace = 10000;
+  if (op_target(o, 1) < 0 || arg_uint(t, t->args, "grace_ms", "grace_ms", &grace) < 0) {
+    op_free(o);
+    return 0;
+  }
+  int rc = dibba_containerd_container_stop(o->p->ctd, o->ns, o->id, grace, on_stopped, o);
+  if (rc < 0)
+    op_fail(o, rc, "stop_container: invalid arguments");
+  return 0;
+}
+
+static void on_removed(dibba_containerd_t *ctd, int err, const char *msg, void *data) {
+  op_t *o = data;
+  if (err < 0) {
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s, s:s}", "id", o->id, "status", "deleted"));
+}
+
+static int delete_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  if (op_target(o, 1) < 0) {
+    op_free(o);
+    return 0;
+  }
+  int rc = dibba_containerd_container_delete(o->p->ctd, o->ns, o->id, on_removed, o);
+  if (rc < 0)
+    op_fail(o, rc, "delete_container: invalid arguments");
+  return 0;
+}
+
+/* ---------------- container_logs: the last N lines, from at most LOG_TAIL_MAX bytes (on the pool) ---------------- */
+
+static void work_tail(uv_work_t *w) {
+  op_t *o = w->data;
+  int fd = open(o->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    o->err = -errno;
+    return;
+  }
+  struct stat st;
+  char *buf = NULL;
+  size_t got = 0;
+  if (fstat(fd, &st) < 0) {
+    o->err = -errno;
+    goto out;
+  }
+  off_t start = st.st_size > (off_t)LOG_TAIL_MAX ? st.st_size - (off_t)LOG_TAIL_MAX : 0;
+  size_t want = (size_t)(st.st_size - start);
+  buf = dibba_xmalloc(want + 1);
+  while (got < want) {
+    ssize_t n = pread(fd, buf + got, want - got, start + (off_t)got);
+    if (n <= 0)
+      break;
+    got += (size_t)n;
+  }
+  buf[got] = '\0';
+  /* Complete lines only; a first line cut by the window is dropped. Keep the last n. */
+  char *p = buf, *end = buf + got;
+  if (start > 0) {
+    char *nl = memchr(p, '\n', got);
+    p = nl ? nl + 1 : end;
+  }
+  json_t *lines = json_array();
+  while (p < end) {
+    char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+      break; /* being written */
+    json_array_append_new(lines, json_stringn(p, (size_t)(nl - p)));
+    if (json_array_size(lines) > o->n)
+      json_array_remove(lines, 0);
+    p = nl + 1;
+  }
+  o->result = json_pack("{s:o}", "lines", lines);
+out:
+  free(buf);
+  close(fd);
+}
+
+static void after_tail(uv_work_t *w, int status) {
+  op_t *o = w->data;
+  if (status < 0 || o->err < 0) {
+    op_fail(o, status < 0 ? status : o->err, o->err == -ENOENT ? "container_logs: no log file" : "container_logs");
+    return;
+  }
+  json_t *r = o->result;
+  o->result = NULL;
+  json_object_set_new(r, "id", json_string(o->id));
+  op_done(o, r);
+}
+
+static int logs_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  o->n = 100;
+  if (op_target(o, 1) < 0 || arg_uint(t, t->args, "tail_lines", "tail_lines", &o->n) < 0) {
+    op_free(o);
+    return 0;
+  }
+  if (o->n > TAIL_LINES_MAX) {
+    op_free(o);
+    return bad_arg(t, "tail_lines", "at most 10000");
+  }
+  o->path = dibba_xasprintf("%s/%s/%s.log", o->p->log_dir, o->ns, o->id);
+  o->work.data = o;
+  int rc = uv_queue_work(t->loop, &o->work, work_tail, after_tail);
+  if (rc < 0)
+    op_fail(o, rc, "container_logs: queue work");
+  return 0;
+}
+
+/* ---------------- exec ---------------- */
+
+static void on_execd(dibba_containerd_t *ctd, int err, const char *msg, const dibba_exec_result_t *res, void *data) {
+  op_t *o = data;
+  o->t->ops->on_cancel(o->t, NULL, NULL);
+  if (err < 0) {
+    op_fail(o, err, msg);
+    return;
+  }
+  op_done(o, json_pack("{s:s, s:i, s:s%, s:s%, s:b, s:b, s:b}", "id", o->id, "exit_code", (int)res->exit_status,
+                       "stdout", res->out, res->out_len, "stderr", res->err, res->err_len, "timed_out", res->timed_out,
+                       "stdout_truncated", res->out_truncated, "stderr_truncated", res->err_truncated));
+}
+
+static void exec_cancel(dibba_task_ctx_t *t, void *data) {
+  op_t *o = data;
+  dibba_containerd_exec_cancel(o->exec);
+}
+
+static int exec_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  uint64_t timeout = 0;
+  if (op_target(o, 1) < 0 || arg_strv(o, "command", 3, 0) < 0 ||
+      arg_uint(t, t->args, "timeout_ms", "timeout_ms", &timeout) < 0) {
+    op_free(o);
+    return 0;
+  }
+  if (o->argc[3] == 0) {
+    op_free(o);
+    return bad_arg(t, "command", "required non-empty array of strings");
+  }
+  dibba_exec_opts_t xo = {.id = o->id,
+                          .ns = o->ns,
+                          .args = o->argv[3],
+                          .n_args = o->argc[3],
+                          .timeout_ms = timeout,
+                          .state_dir = o->p->state_dir};
+  int rc = dibba_containerd_exec(o->p->ctd, &xo, on_execd, o, &o->exec);
+  if (rc < 0) {
+    op_fail(o, rc, "exec: invalid process");
+    return 0;
+  }
+  t->ops->on_cancel(t, exec_cancel, o);
+  return 0;
+}
+
+/* ---------------- plugin ---------------- */
+
+static const char *cfg_str(const json_t *cfg, const char *section, const char *key, const char *def) {
+  const json_t *obj = section ? json_object_get(cfg, section) : cfg;
+  const char *v = json_string_value(json_object_get(obj, key));
+  return v && *v ? v : def;
+}
+
+static void plog(dibba_plugin_ctx_t *ctx, int level, const char *msg) { ctx->ops->log(ctx, level, msg); }
+
+static int pods_init(dibba_plugin_ctx_t *ctx) {
+  static const dibba_task_handler_t handlers[] = {
+      {.name = "import_image", .run = import_run}, {.name = "pull_image", .run = pull_run},
+      {.name = "list_images", .run = list_run},    {.name = "run_container", .run = run_run},
+      {.name = "stop_container", .run = stop_run}, {.name = "delete_container", .run = delete_run},
+      {.name = "container_logs", .run = logs_run}, {.name = "exec", .run = exec_run},
+  };
+  const json_t *cfg = ctx->config;
+  char line[512];
+  pods_t *p = dibba_xcalloc(1, sizeof *p);
+  p->ctx = ctx;
+  const char *sock = cfg_str(cfg, "containerd", "socket", "/run/containerd/containerd.sock");
+  p->ns = dibba_xstrdup(cfg_str(cfg, "containerd", "namespace", "dibba"));
+  json_int_t tmo = json_integer_value(json_object_get(json_object_get(cfg, "containerd"), "timeout_ms"));
+  p->logger = dibba_xstrdup(cfg_str(cfg, NULL, "logger", PODS_DEFAULT_LOGGER));
+  p->log_dir = dibba_xstrdup(cfg_str(cfg, NULL, "log_dir", "/var/log/dibba/containers"));
+  p->state_dir = dibba_xstrdup(cfg_str(cfg, NULL, "state_dir", "/run/dibba/pods"));
+  dibba_containerd_opts_t o = {.socket = sock,
+                               .ns = p->ns,
+                               .snapshotter = cfg_str(cfg, "containerd", "snapshotter", NULL),
+                               .timeout_ms = tmo > 0 ? (uint64_t)tmo : 0,
+                               .data = p};
+  int rc = p->logger[0] == '/' && p->log_dir[0] == '/' && p->state_dir[0] == '/' ? 0 : -EINVAL;
+  if (rc < 0) {
+    plog(ctx, DIBBA_PLUGIN_LOG_ERROR, "pods: logger, log_dir and state_dir must be absolute paths");
+    goto fail;
+  }
+  if ((rc = dibba_containerd_new(ctx->loop, &o, &p->ctd)) < 0) {
+    snprintf(line, sizeof line, "pods: containerd client for %s: %s", sock, dibba_strerror(rc));
+    plog(ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    goto fail;
+  }
+  for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
+    dibba_task_handler_t h = handlers[i];
+    h.data = p;
+    if ((rc = ctx->ops->register_task(ctx, &h)) < 0)
+      goto fail_client;
+  }
+  snprintf(line, sizeof line, "pods: containerd %s, namespace %s, logs in %s", sock, p->ns, p->log_dir);
+  plog(ctx, DIBBA_PLUGIN_LOG_INFO, line);
+  ctx->data = p;
+  return 0;
+fail_client:
+  dibba_containerd_close(p->ctd, NULL, NULL);
+fail:
+  free(p->ns);
+  free(p->logger);
+  free(p->log_dir);
+  free(p->state_dir);
+  free(p);
+  return rc;
+}
+
+static void pods_fini(dibba_plugin_ctx_t *ctx) {
+  pods_t *p = ctx->data;
+  if (!p)
+    return;
+  ctx->data = NULL;
+  /* Finishes on a later loop turn; the module stays mapped (-z nodelete) for that. */
+  dibba_containerd_close(p->ctd, NULL, NULL);
+  free(p->ns);
+  free(p->logger);
+  free(p->log_dir);
+  free(p->state_dir);
+  free(p);
+}
+
+static const dibba_plugin_t pods_plugin = {
+    .abi_version = DIBBA_PLUGIN_ABI_VERSION, .name = "pods", .version = "0.1", .init = pods_init, .fini = pods_fini};
+
+DIBBA_PLUGIN_EXPORT const dibba_plugin_t *dibba_plugin_entry(void);
+DIBBA_PLUGIN_EXPORT const dibba_plugin_t *dibba_plugin_entry(void) { return &pods_plugin; }
