@@ -14,10 +14,10 @@ typedef struct dibba__exec_result_s {
                           or the uv_spawn error */
   int64_t exit_status; /* valid when err == 0 */
   int term_signal;
-  pid_t pid;           /* also the process group id */
-  const char *out;     /* stdout, NUL-terminated (borrowed) */
+  pid_t pid;       /* also the process group id */
+  const char *out; /* stdout, NUL-terminated (borrowed) */
   size_t out_len;
-  const char *errout;  /* stderr, NUL-terminated, capped (borrowed) */
+  const char *errout; /* stderr, NUL-terminated, capped (borrowed) */
   size_t err_len;
 } dibba__exec_result_t;
 

@@ -38,9 +38,9 @@ typedef void (*write_cb)(op_t *op, int status);
 struct op_s {
   dibba_cni_t *cni;
   op_kind_t kind;
-  int rollback;    /* ADD failed, DEL is running over the chain */
-  int rb_failed;   /* a DEL of that rollback failed too: keep the cache entry for a later DEL */
-  int werr;        /* error of the cache write in progress */
+  int rollback;  /* ADD failed, DEL is running over the chain */
+  int rb_failed; /* a DEL of that rollback failed too: keep the cache entry for a later DEL */
+  int werr;      /* error of the cache write in progress */
   char *cid, *ifname, *netns, *args, *net;
   json_t *list, *runtime, *prev;
   size_t idx; /* ADD/CHECK: next plugin; DEL: plugins left to run (counts down) */
@@ -105,8 +105,7 @@ int dibba_cni_new(uv_loop_t *loop, const dibba_cni_opts_t *o, dibba_cni_t **out)
   return 0;
 }
 
-int dibba_cni_new_from_config(uv_loop_t *loop, const dibba_config_t *cfg, dibba_cni_t **out, char *err,
-                              size_t errlen) {
+int dibba_cni_new_from_config(uv_loop_t *loop, const dibba_config_t *cfg, dibba_cni_t **out, char *err, size_t errlen) {
   dibba_cni_opts_t o = {0};
   int64_t t = 0;
   int rc;
@@ -133,8 +132,8 @@ static int id_valid(const char *s, size_t max) {
   if (!s || !*s || *s == '.' || strlen(s) > max)
     return 0;
   for (const char *p = s; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-          *p == '-' || *p == '.'))
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+          *p == '.'))
       return 0;
   return 1;
 }
@@ -146,8 +145,8 @@ static json_t *port_mappings_json(const dibba_cni_req_t *req) {
   json_t *a = json_array();
   for (size_t i = 0; i < req->n_port_mappings; i++) {
     const dibba_cni_port_mapping_t *m = &req->port_mappings[i];
-    json_t *o = json_pack("{s:i, s:i, s:s}", "hostPort", m->host_port, "containerPort", m->container_port,
-                          "protocol", m->protocol ? m->protocol : "tcp");
+    json_t *o = json_pack("{s:i, s:i, s:s}", "hostPort", m->host_port, "containerPort", m->container_port, "protocol",
+                          m->protocol ? m->protocol : "tcp");
     if (m->host_ip)
       json_object_set_new(o, "hostIP", json_string(m->host_ip));
     json_array_append_new(a, o);
@@ -210,9 +209,11 @@ static void op_finish(op_t *op) {
     memcpy(st.ip6, op->ip6, sizeof st.ip6);
   }
   dibba_log(op->status ? DIBBA_LOG_WARN : DIBBA_LOG_DEBUG, "cni",
-            json_pack("{s:s, s:s, s:s}", "container_id", op->cid, "net", op->net ? op->net : "", "error",
-                      st.error),
-            "CNI %s %s", op->kind == OP_ADD ? "ADD" : op->kind == OP_CHECK ? "CHECK" : "DEL",
+            json_pack("{s:s, s:s, s:s}", "container_id", op->cid, "net", op->net ? op->net : "", "error", st.error),
+            "CNI %s %s",
+            op->kind == OP_ADD     ? "ADD"
+            : op->kind == OP_CHECK ? "CHECK"
+                                   : "DEL",
             op->status ? "failed" : "done");
   if (op->cb)
     op->cb(cni, &st, op->data);
@@ -322,17 +323,16 @@ static void on_w_open(uv_fs_t *req) {
 
 /* Write the cache entry {containerId, network, ifName, netns, cniArgs, runtimeConfig, result?}. */
 static void cache_write(op_t *op, int with_result, write_cb cb) {
-  json_t *doc = json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:O}", "kind", CACHE_KIND, "containerId", op->cid,
-                          "network", op->list, "ifName", op->ifname, "netns", op->netns, "cniArgs", op->args,
-                          "runtimeConfig", op->runtime);
+  json_t *doc =
+      json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:O}", "kind", CACHE_KIND, "containerId", op->cid, "network", op->list,
+                "ifName", op->ifname, "netns", op->netns, "cniArgs", op->args, "runtimeConfig", op->runtime);
   if (with_result && op->prev)
     json_object_set(doc, "result", op->prev);
   op->wdata = json_dumps(doc, JSON_COMPACT);
   json_decref(doc);
   op->wlen = strlen(op->wdata);
   op->after_write = cb;
-  int e = uv_fs_open(op->cni->loop, &op->fs, op->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600,
-                     on_w_open);
+  int e = uv_fs_open(op->cni->loop, &op->fs, op->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600, on_w_open);
   if (e < 0)
     write_end(op, e); /* only on bad arguments; never inside the API call since we run from callbacks */
 }
@@ -637,16 +637,14 @@ static int op_from_cache(op_t *op, json_t *doc, const dibba_cni_req_t *req, char
   op->netns = dibba_xstrdup(req->netns_path ? req->netns_path : netns);
   op->args = dibba_xstrdup(args);
   op->list = json_incref(list);
-  op->runtime = json_incref(json_is_object(json_object_get(doc, "runtimeConfig"))
-                                ? json_object_get(doc, "runtimeConfig")
-                                : json_object());
+  op->runtime = json_incref(
+      json_is_object(json_object_get(doc, "runtimeConfig")) ? json_object_get(doc, "runtimeConfig") : json_object());
   if (json_object_get(doc, "result"))
     op->prev = json_incref(json_object_get(doc, "result"));
   return 0;
 }
 
-int dibba_cni_add(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err,
-                  size_t errlen) {
+int dibba_cni_add(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err, size_t errlen) {
   int rc = validate(cni, req, err, errlen);
   if (rc < 0)
     return rc;
@@ -720,7 +718,6 @@ int dibba_cni_check(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb c
   return start_from_cache_or_conf(cni, OP_CHECK, req, cb, data, err, errlen);
 }
 
-int dibba_cni_del(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err,
-                  size_t errlen) {
+int dibba_cni_del(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err, size_t errlen) {
   return start_from_cache_or_conf(cni, OP_DEL, req, cb, data, err, errlen);
 }

@@ -29,8 +29,8 @@ int dibba_netns_name_valid(const char *s) {
   if (!s || !*s || *s == '.' || strlen(s) > DIBBA_NETNS_NAME_MAX)
     return 0;
   for (const char *p = s; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-          *p == '-' || *p == '.'))
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+          *p == '.'))
       return 0;
   return 1;
 }
@@ -125,8 +125,7 @@ static void on_mkdir(uv_fs_t *fs) {
   }
 }
 
-static req_t *req_new(uv_loop_t *loop, const char *dir, const char *name, int create, dibba_netns_cb cb,
-                      void *data) {
+static req_t *req_new(uv_loop_t *loop, const char *dir, const char *name, int create, dibba_netns_cb cb, void *data) {
   req_t *r = dibba_xcalloc(1, sizeof *r);
   r->loop = loop;
   r->dir = dibba_xstrdup(dir);

@@ -50,13 +50,13 @@ typedef struct dibba_cni_req_s {
 
 /* The outcome handed to a callback; everything is borrowed for the duration of the call. */
 typedef struct dibba_cni_status_s {
-  int status;                        /* 0, or negative: -EIO (a plugin failed), UV_ETIMEDOUT (a plugin was
-                                        killed at the timeout), -ENOENT (no network / no cache / no plugin),
-                                        -EINVAL (bad config or result), -EEXIST (ADD over a cached ADD) */
-  const char *error;                 /* one line ("" on success); several DEL failures are joined by "; " */
-  json_t *result;                    /* ADD: the chain's final result (borrowed; json_incref to keep) */
-  char ip4[INET_ADDRSTRLEN];         /* ADD: the pod's IPv4 on the container interface, or "" */
-  char ip6[INET6_ADDRSTRLEN];        /* ADD: the pod's IPv6 on the container interface, or "" */
+  int status;                 /* 0, or negative: -EIO (a plugin failed), UV_ETIMEDOUT (a plugin was
+                                 killed at the timeout), -ENOENT (no network / no cache / no plugin),
+                                 -EINVAL (bad config or result), -EEXIST (ADD over a cached ADD) */
+  const char *error;          /* one line ("" on success); several DEL failures are joined by "; " */
+  json_t *result;             /* ADD: the chain's final result (borrowed; json_incref to keep) */
+  char ip4[INET_ADDRSTRLEN];  /* ADD: the pod's IPv4 on the container interface, or "" */
+  char ip6[INET6_ADDRSTRLEN]; /* ADD: the pod's IPv6 on the container interface, or "" */
 } dibba_cni_status_t;
 
 typedef void (*dibba_cni_cb)(dibba_cni_t *cni, const dibba_cni_status_t *st, void *data);
@@ -66,8 +66,7 @@ typedef void (*dibba_cni_cb)(dibba_cni_t *cni, const dibba_cni_status_t *st, voi
 int dibba_cni_new(uv_loop_t *loop, const dibba_cni_opts_t *opts, dibba_cni_t **out);
 /* Same from cni.path, cni.conf_dir, cni.net_name, cni.ifname, cni.timeout_ms and worker.state_dir.
  * Returns DIBBA_ECONFIG with a line in err for a bad value, or the errors of dibba_cni_new. */
-int dibba_cni_new_from_config(uv_loop_t *loop, const dibba_config_t *cfg, dibba_cni_t **out, char *err,
-                              size_t errlen);
+int dibba_cni_new_from_config(uv_loop_t *loop, const dibba_config_t *cfg, dibba_cni_t **out, char *err, size_t errlen);
 /* Release the runner. Operations still running complete (their callbacks run) and then it is freed.
  * Safe with NULL and safe to call twice. */
 void dibba_cni_free(dibba_cni_t *cni);
@@ -77,8 +76,7 @@ void dibba_cni_free(dibba_cni_t *cni);
  * runs DEL over the chain (with the last result) and removes the cache entry. Returns 0 (cb runs later,
  * never from inside this call) or at once -EINVAL (bad request), -ENOENT / -EINVAL (network not found or
  * invalid; reason in err) or -EEXIST (container already has a cached ADD; DEL it first). */
-int dibba_cni_add(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err,
-                  size_t errlen);
+int dibba_cni_add(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err, size_t errlen);
 /* CHECK with the cached network and result (prevResult). cb gets 0, -ENOENT (nothing cached),
  * -ENOTSUP (cniVersion < 0.4.0) or a plugin failure; disableCheck in the list makes it succeed at once.
  * Returns 0 or -EINVAL / -ENOENT at once (reason in err). */
@@ -89,8 +87,7 @@ int dibba_cni_check(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb c
  * loads the network from the config dir. A netns path that no longer exists is passed as an empty
  * CNI_NETNS. Every plugin runs even if an earlier one failed; the failures are joined in the error. The
  * cache entry is removed only after a clean DEL. Returns 0 or -EINVAL / -ENOENT at once (reason in err). */
-int dibba_cni_del(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err,
-                  size_t errlen);
+int dibba_cni_del(dibba_cni_t *cni, const dibba_cni_req_t *req, dibba_cni_cb cb, void *data, char *err, size_t errlen);
 /* The cache entry of container_id ({containerId, network, ifName, netns, cniArgs, runtimeConfig, result}),
  * read synchronously (small, capped). *out is a new reference. Returns 0, -ENOENT, -EINVAL. */
 int dibba_cni_cached(dibba_cni_t *cni, const char *container_id, json_t **out);
