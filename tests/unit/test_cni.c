@@ -387,7 +387,6 @@ static void env_init(env_t *e, const char *conflist, uint64_t timeout_ms) {
 
 static void env_done(env_t *e) {
   dibba_cni_free(e->cni);
-  dibba_cni_free(e->cni); /* safe twice */
   ck_assert_int_eq(uv_run(&e->loop, UV_RUN_DEFAULT), 0);
   ck_assert_int_eq(uv_loop_close(&e->loop), 0);
   rmtree(e->root);

@@ -67,8 +67,8 @@ int dibba_cni_new(uv_loop_t *loop, const dibba_cni_opts_t *opts, dibba_cni_t **o
 /* Same from cni.path, cni.conf_dir, cni.net_name, cni.ifname, cni.timeout_ms and worker.state_dir.
  * Returns DIBBA_ECONFIG with a line in err for a bad value, or the errors of dibba_cni_new. */
 int dibba_cni_new_from_config(uv_loop_t *loop, const dibba_config_t *cfg, dibba_cni_t **out, char *err, size_t errlen);
-/* Release the runner. Operations still running complete (their callbacks run) and then it is freed.
- * Safe with NULL and safe to call twice. */
+/* Release the runner. Operations still running complete (their callbacks run) and then it is freed;
+ * until then a second call is a no-op. Safe with NULL. */
 void dibba_cni_free(dibba_cni_t *cni);
 
 /* ADD: load the network's config list, cache a pending entry, run every plugin in order with prevResult
