@@ -378,11 +378,22 @@ static void env_init(env_t *e, const char *conflist, uint64_t timeout_ms) {
   write_file(e->conf, "10-fake.conflist", conflist, 0644);
   write_file(e->root, "netns", "", 0644); /* stands in for a netns path */
   ck_assert_int_eq(uv_loop_init(&e->loop), 0);
-  char *path = dibba_xasprintf("/nonexistent:%s", e->bin);
-  dibba_cni_opts_t o = {
-      .path = path, .conf_dir = e->conf, .net_name = "fake", .state_dir = e->state, .timeout_ms = timeout_ms};
-  ck_assert_int_eq(dibba_cni_new(&e->loop, &o, &e->cni), 0);
-  free(path);
+  /* Built from a config file, so the cni.* keys and worker.state_dir are exercised too. */
+  char *cfgtext = dibba_xasprintf("{\"cni\":{\"path\":\"/nonexistent:%s\",\"conf_dir\":\"%s\",\"net_name\":\"fake\","
+                                  "\"timeout_ms\":%llu},\"worker\":{\"state_dir\":\"%s\"}}",
+                                  e->bin, e->conf, (unsigned long long)timeout_ms, e->state);
+  write_file(e->root, "dibba.json", cfgtext, 0644);
+  free(cfgtext);
+  char *cfgpath = dibba_xasprintf("%s/dibba.json", e->root);
+  dibba_config_t cfg = {0};
+  char err[256] = "";
+  ck_assert_msg(dibba_config_load(&cfg, cfgpath, err, sizeof err) == 0, "%s", err);
+  ck_assert_msg(dibba_cni_new_from_config(&e->loop, &cfg, &e->cni, err, sizeof err) == 0, "%s", err);
+  dibba_config_free(&cfg);
+  free(cfgpath);
+  char *cache_dir = dibba_xasprintf("%s/cni", e->state);
+  ck_assert_int_eq(access(cache_dir, F_OK), 0);
+  free(cache_dir);
 }
 
 static void env_done(env_t *e) {
@@ -971,6 +982,10 @@ static Suite *cni_suite(void) {
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  /* These would override the test's config files. */
+  static const char *const overrides[] = {"CNI_PATH", "CNI_CONF_DIR", "CNI_NET_NAME", "CNI_IFNAME", "DIBBA_STATE_DIR"};
+  for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
+    unsetenv(overrides[i]);
   dibba_alloc_init();
   srand((unsigned)(getpid() ^ time(NULL)));
   if (geteuid() == 0) {
