@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include "dibba/alloc.h"
+#include "dibba/beat.h"
+#include "dibba/buf.h"
 #include "dibba/cron.h"
 
 /* UTC instant of a calendar time. */
@@ -299,6 +301,286 @@ START_TEST(tz_names_and_files) {
 }
 END_TEST
 
+/* ---- Jobs ---------------------------------------------------------------------------------------------------- */
+
+static int add(dibba_beat_jobs_t *set, const char *file, const char *text) {
+  return dibba_beat_jobs_add_file(set, file, text, strlen(text));
+}
+
+/* The last error names file, field and reason. */
+static void last_error(const dibba_beat_jobs_t *set, const char *file, const char *field, const char *reason) {
+  ck_assert_uint_gt(set->nerrors, 0);
+  const dibba_beat_error_t *e = &set->errors[set->nerrors - 1];
+  ck_assert_str_eq(e->file, file);
+  ck_assert_str_eq(e->field, field);
+  ck_assert_msg(strstr(e->reason, reason) != NULL, "\"%s\" lacks \"%s\"", e->reason, reason);
+}
+
+#define JOB(name, sched)                                                                                               \
+  "{\"name\":\"" name "\",\"task\":\"node.prune\",\"route\":{\"role\":\"control\"},\"schedule\":" sched "}"
+
+START_TEST(job_files) {
+  dibba_beat_jobs_t set;
+  dibba_beat_jobs_init(&set);
+  ck_assert_int_eq(add(&set, "a.json",
+                       "{\"name\":\"backup\",\"task\":\"db.backup\",\"args\":{\"db\":\"main\"},\"route\":{\"host\":"
+                       "\"db-1\"},\"schedule\":{\"cron\":\"0 2 * * *\"},\"timezone\":\"Europe/Berlin\",\"expires\":"
+                       "600,\"starting_deadline\":900,\"enabled\":false}"),
+                   0);
+  dibba_beat_job_t *j = dibba_beat_jobs_find(&set, "backup");
+  ck_assert_ptr_nonnull(j);
+  ck_assert_str_eq(j->task, "db.backup");
+  ck_assert_int_eq(j->route_kind, DIBBA_BEAT_ROUTE_HOST);
+  ck_assert_str_eq(j->route, "db-1");
+  ck_assert_str_eq(dibba_tz_name(j->tz), "Europe/Berlin");
+  ck_assert_int_eq(j->expires, 600);
+  ck_assert_int_eq(j->starting_deadline, 900);
+  ck_assert_int_eq(j->enabled, 0);
+  ck_assert_str_eq(json_string_value(json_object_get(j->args, "db")), "main");
+  /* A list file, with the defaults. */
+  ck_assert_int_eq(add(&set, "b.json",
+                       "{\"jobs\":[" JOB("hb", "{\"every\":\"30s\"}") "," JOB("nightly", "{\"cron\":\"@daily\"}") "]}"),
+                   0);
+  j = dibba_beat_jobs_find(&set, "hb");
+  ck_assert_int_eq(j->schedule.every, 30);
+  ck_assert_int_eq(j->expires, 30);
+  ck_assert_int_eq(j->starting_deadline, 30);
+  ck_assert_int_eq(j->enabled, 1);
+  ck_assert_str_eq(dibba_tz_name(j->tz), "UTC");
+  ck_assert_int_eq(json_object_size(j->args), 0);
+  j = dibba_beat_jobs_find(&set, "nightly");
+  ck_assert_int_eq(j->expires, 3600);
+  ck_assert_int_eq(j->starting_deadline, DIBBA_BEAT_CRON_DEADLINE);
+  ck_assert_uint_eq(set.n, 3);
+  ck_assert_uint_eq(set.nerrors, 0);
+
+  /* Rejections: file, field and reason; the set keeps its jobs. */
+  ck_assert_int_eq(add(&set, "c.json",
+                       "{\"name\":\"x\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{"
+                       "\"every\":\"1m\"},\"color\":\"red\"}"),
+                   -EINVAL);
+  last_error(&set, "c.json", "color", "unknown field");
+  ck_assert_int_eq(
+      add(&set, "d.json",
+          "{\"jobs\":[" JOB("ok1", "{\"every\":\"1m\"}") "," JOB("bad", "{\"cron\":\"0 2 * * MON-FOO\"}") "]}"),
+      -EINVAL);
+  last_error(&set, "d.json", "jobs[1].schedule.cron", "at 12: unknown day name \"FOO\"");
+  ck_assert_ptr_null(dibba_beat_jobs_find(&set, "ok1")); /* the whole file is rejected */
+  ck_assert_int_eq(add(&set, "e.json", JOB("hb", "{\"every\":\"5m\"}")), -EINVAL);
+  last_error(&set, "e.json", "name", "duplicate job name \"hb\" (already defined in b.json)");
+  ck_assert_int_eq(
+      add(&set, "f.json", "{\"jobs\":[" JOB("z1", "{\"every\":\"1m\"}") "," JOB("z1", "{\"every\":\"2m\"}") "]}"),
+      -EINVAL);
+  last_error(&set, "f.json", "jobs[1].name", "duplicate");
+  ck_assert_int_eq(add(&set, "g.json", JOB("Bad Name", "{\"every\":\"1m\"}")), -EINVAL);
+  last_error(&set, "g.json", "name", "[a-z0-9_.-]");
+  ck_assert_int_eq(add(&set, "h.json", JOB("tz", "{\"every\":\"1m\"}")), 0);
+  ck_assert_int_eq(add(&set, "i.json",
+                       "{\"name\":\"tz2\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{"
+                       "\"every\":\"1m\"},\"timezone\":\"Mars/Base\"}"),
+                   -EINVAL);
+  last_error(&set, "i.json", "timezone", "unknown time zone");
+  ck_assert_int_eq(add(&set, "j.json", JOB("ev", "{\"every\":\"400d\"}")), -EINVAL);
+  last_error(&set, "j.json", "schedule.every", "longer than 366 days");
+  ck_assert_int_eq(add(&set, "k.json", JOB("two", "{\"every\":\"1m\",\"cron\":\"* * * * *\"}")), -EINVAL);
+  last_error(&set, "k.json", "schedule", "required");
+  ck_assert_int_eq(add(&set, "l.json",
+                       "{\"name\":\"r\",\"task\":\"t\",\"route\":{\"host\":\"a\",\"role\":\"b\"},"
+                       "\"schedule\":{\"every\":\"1m\"}}"),
+                   -EINVAL);
+  last_error(&set, "l.json", "route", "required");
+  ck_assert_int_eq(add(&set, "m.json", "{\"name\": \"x\", "), -EINVAL);
+  last_error(&set, "m.json", "", "line 1");
+  ck_assert_int_eq(add(&set, "n.json",
+                       "{\"name\":\"e\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{"
+                       "\"every\":\"1m\"},\"expires\":0}"),
+                   -EINVAL);
+  last_error(&set, "n.json", "expires", "1..604800");
+  ck_assert_uint_eq(set.n, 4);
+  dibba_beat_jobs_free(&set);
+  dibba_beat_jobs_free(&set);
+}
+END_TEST
+
+static char *tmpdir(void) {
+  char *d = dibba_xstrdup("/tmp/dibba-beat-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(d));
+  return d;
+}
+
+static void put(const char *dir, const char *name, const char *text) {
+  char *p = dibba_xasprintf("%s/%s", dir, name);
+  FILE *f = fopen(p, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(text, f);
+  fclose(f);
+  free(p);
+}
+
+static void rmdir_all(char *dir, const char *const *names) {
+  for (; *names; names++) {
+    char *p = dibba_xasprintf("%s/%s", dir, *names);
+    unlink(p);
+    free(p);
+  }
+  rmdir(dir);
+  free(dir);
+}
+
+START_TEST(job_dir_and_caps) {
+  char *dir = tmpdir();
+  put(dir, "10-a.json", JOB("a", "{\"every\":\"1m\"}"));
+  put(dir, "20-b.json", "{\"jobs\":[" JOB("b", "{\"cron\":\"*/5 * * * *\"}") "]}");
+  put(dir, "30-bad.json", JOB("c", "{\"cron\":\"60 * * * *\"}"));
+  put(dir, ".hidden.json", JOB("h", "{\"every\":\"1m\"}"));
+  put(dir, "notes.txt", "not json");
+  /* Over the size cap. */
+  char *big = dibba_xmalloc(DIBBA_BEAT_FILE_MAX + 2);
+  memset(big, ' ', DIBBA_BEAT_FILE_MAX + 1);
+  big[DIBBA_BEAT_FILE_MAX + 1] = '\0';
+  put(dir, "40-big.json", big);
+  free(big);
+  dibba_beat_jobs_t set;
+  dibba_beat_jobs_init(&set);
+  ck_assert_int_eq(dibba_beat_jobs_load_dir(&set, dir), 0);
+  ck_assert_uint_eq(set.n, 2);
+  ck_assert_uint_eq(set.files, 2);
+  ck_assert_uint_eq(set.nerrors, 2);
+  ck_assert_str_eq(set.errors[0].file, "30-bad.json");
+  ck_assert_str_eq(set.errors[0].field, "schedule.cron");
+  ck_assert_ptr_nonnull(strstr(set.errors[0].reason, "at 0: minute out of range"));
+  ck_assert_str_eq(set.errors[1].file, "40-big.json");
+  ck_assert_ptr_nonnull(strstr(set.errors[1].reason, "larger than"));
+  dibba_beat_jobs_log_errors(&set);
+  dibba_beat_jobs_free(&set);
+  ck_assert_int_eq(dibba_beat_jobs_load_dir(&set, "/nonexistent-dibba"), -ENOENT);
+  dibba_beat_jobs_free(&set);
+  static const char *const names[] = {"10-a.json", "20-b.json",   "30-bad.json", ".hidden.json",
+                                      "notes.txt", "40-big.json", NULL};
+  rmdir_all(dir, names);
+
+  /* At most DIBBA_BEAT_MAX_JOBS jobs. */
+  dibba_beat_jobs_init(&set);
+  dibba_buf_t b;
+  dibba_buf_init(&b, 0);
+  dibba_buf_adds(&b, "{\"jobs\":[");
+  for (int i = 0; i < DIBBA_BEAT_MAX_JOBS; i++)
+    dibba_buf_printf(&b,
+                     "%s{\"name\":\"j%d\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{\"every\":"
+                     "\"1m\"}}",
+                     i ? "," : "", i);
+  dibba_buf_adds(&b, "]}");
+  ck_assert_int_eq(dibba_beat_jobs_add_file(&set, "many.json", b.data, b.len), 0);
+  ck_assert_int_eq(add(&set, "one-more.json", JOB("x", "{\"every\":\"1m\"}")), -E2BIG);
+  last_error(&set, "one-more.json", "", "more than 1000 jobs");
+  dibba_buf_free(&b);
+  dibba_beat_jobs_free(&set);
+}
+END_TEST
+
+typedef struct {
+  int n;
+  char names[8][32];
+  int64_t slots[8];
+} fired_t;
+
+static void on_fire(void *data, dibba_beat_job_t *job, int64_t slot) {
+  fired_t *f = data;
+  ck_assert_int_lt(f->n, 8);
+  snprintf(f->names[f->n], sizeof f->names[0], "%s", job->name);
+  f->slots[f->n++] = slot;
+}
+
+START_TEST(reload_keeps_unchanged_next) {
+  dibba_beat_jobs_t set;
+  dibba_beat_sched_t s;
+  dibba_beat_diff_t d;
+  int64_t t0 = utc(2023, 6, 1, 12, 0) + 10; /* 12:00:10 */
+  dibba_beat_jobs_init(&set);
+  dibba_beat_sched_init(&s);
+  ck_assert_int_eq(add(&set, "a.json",
+                       "{\"jobs\":[" JOB("keep", "{\"every\":\"1h\"}") "," JOB("change", "{\"every\":\"1h\"}") "," JOB(
+                           "drop", "{\"every\":\"1h\"}") "]}"),
+                   0);
+  dibba_beat_sched_update(&s, &set, t0, &d);
+  ck_assert_uint_eq(d.added, 3);
+  ck_assert_int_eq(dibba_beat_sched_next(&s, "keep"), utc(2023, 6, 1, 13, 0));
+  dibba_beat_jobs_free(&set);
+  /* A reload at 13:00:05 before the 13:00 slot was run: the unchanged job keeps its 13:00 slot; the changed job
+   * is scheduled from the reload time. */
+  int64_t t1 = utc(2023, 6, 1, 13, 0) + 5;
+  dibba_beat_jobs_init(&set);
+  ck_assert_int_eq(
+      add(&set, "b.json", "{\"jobs\":[" JOB("change", "{\"every\":\"30m\"}") "," JOB("new", "{\"every\":\"1h\"}") "]}"),
+      0);
+  ck_assert_int_eq(add(&set, "a.json", JOB("keep", "{\"every\":\"1h\"}")), 0); /* moved file, same content */
+  dibba_beat_sched_update(&s, &set, t1, &d);
+  dibba_beat_jobs_free(&set);
+  ck_assert_uint_eq(d.kept, 1);
+  ck_assert_uint_eq(d.changed, 1);
+  ck_assert_uint_eq(d.added, 1);
+  ck_assert_uint_eq(d.removed, 1);
+  ck_assert_int_eq(dibba_beat_sched_next(&s, "keep"), utc(2023, 6, 1, 13, 0));
+  ck_assert_int_eq(dibba_beat_sched_next(&s, "change"), utc(2023, 6, 1, 13, 30));
+  ck_assert_int_eq(dibba_beat_sched_next(&s, "drop"), DIBBA_BEAT_NEVER);
+  fired_t f = {0};
+  int64_t next = dibba_beat_sched_run(&s, t1, on_fire, &f);
+  ck_assert_int_eq(f.n, 1);
+  ck_assert_str_eq(f.names[0], "keep");
+  ck_assert_int_eq(f.slots[0], utc(2023, 6, 1, 13, 0));
+  ck_assert_int_eq(next, utc(2023, 6, 1, 13, 30));
+  /* A stall over three slots fires once, for the latest. */
+  memset(&f, 0, sizeof f);
+  dibba_beat_sched_run(&s, utc(2023, 6, 1, 16, 10), on_fire, &f);
+  ck_assert_int_eq(f.n, 3);
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(f.slots[i], utc(2023, 6, 1, 16, 0)); /* every 30m and every 1h: the latest is 16:00 */
+  ck_assert_int_eq(dibba_beat_sched_next(&s, "keep"), utc(2023, 6, 1, 17, 0));
+  dibba_beat_sched_free(&s);
+  dibba_beat_sched_free(&s);
+}
+END_TEST
+
+START_TEST(catchup_once_within_deadline) {
+  dibba_beat_jobs_t set;
+  dibba_beat_sched_t s;
+  dibba_beat_jobs_init(&set);
+  dibba_beat_sched_init(&s);
+  ck_assert_int_eq(
+      add(&set, "a.json",
+          "{\"jobs\":[{\"name\":\"q\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{\"cron\":"
+          "\"*/15 * * * *\"},\"starting_deadline\":600},"
+          "{\"name\":\"n\",\"task\":\"t\",\"route\":{\"role\":\"r\"},\"schedule\":{\"cron\":\"0 2 * * *\"},"
+          "\"timezone\":\"Europe/Berlin\"}," JOB("hb", "{\"every\":\"30s\"}") "]}"),
+      0);
+  int64_t down = utc(2023, 6, 1, 10, 0), now = utc(2023, 6, 1, 11, 5); /* 10:15 .. 11:00 missed */
+  dibba_beat_sched_update(&s, &set, now, NULL);
+  fired_t f = {0};
+  /* Four missed slots, the latest (11:00) is 5 min old, within 10 min: one catch-up run, for 11:00. */
+  ck_assert_int_eq(dibba_beat_sched_catchup(&s, "q", down, now, on_fire, &f), 0);
+  ck_assert_int_eq(f.n, 1);
+  ck_assert_int_eq(f.slots[0], utc(2023, 6, 1, 11, 0));
+  /* At 11:14 the latest missed slot is 14 min old: nothing. */
+  ck_assert_int_eq(dibba_beat_sched_catchup(&s, "q", down, utc(2023, 6, 1, 11, 14), on_fire, &f), -ENOENT);
+  /* Already fired 11:00: nothing to catch up. */
+  ck_assert_int_eq(dibba_beat_sched_catchup(&s, "q", utc(2023, 6, 1, 11, 0), now, on_fire, &f), -ENOENT);
+  ck_assert_int_eq(f.n, 1);
+  /* Nightly 02:00 Berlin (00:00 UTC in summer), default deadline 300 s: 00:04 UTC catches up, 00:06 does not. */
+  int64_t slot;
+  dibba_beat_job_t *n = dibba_beat_jobs_find(&set, "n");
+  ck_assert_int_eq(dibba_beat_catchup_slot(n, utc(2023, 5, 30, 0, 0), utc(2023, 6, 1, 0, 4), &slot), 0);
+  ck_assert_int_eq(slot, utc(2023, 6, 1, 0, 0));
+  ck_assert_int_eq(dibba_beat_catchup_slot(n, utc(2023, 5, 30, 0, 0), utc(2023, 6, 1, 0, 6), &slot), -ENOENT);
+  /* every 30s, deadline one interval: the latest slot is always within it, so one run after any downtime. */
+  dibba_beat_job_t *hb = dibba_beat_jobs_find(&set, "hb");
+  ck_assert_int_eq(dibba_beat_catchup_slot(hb, down, now + 7, &slot), 0);
+  ck_assert_int_eq(slot, now);
+  ck_assert_int_eq(dibba_beat_catchup_slot(hb, now, now + 7, &slot), -ENOENT);
+  dibba_beat_sched_free(&s);
+  dibba_beat_jobs_free(&set);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("cron");
@@ -312,6 +594,10 @@ int main(void) {
   tcase_add_test(tc, every_intervals);
   tcase_add_test(tc, tz_footer_after_last_transition);
   tcase_add_test(tc, tz_names_and_files);
+  tcase_add_test(tc, job_files);
+  tcase_add_test(tc, job_dir_and_caps);
+  tcase_add_test(tc, reload_keeps_unchanged_next);
+  tcase_add_test(tc, catchup_once_within_deadline);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
