@@ -581,6 +581,54 @@ START_TEST(catchup_once_within_deadline) {
 }
 END_TEST
 
+static int64_t fake_ms;
+static int64_t fake_now(void) { return fake_ms; }
+
+static void on_timer_fire(dibba_beat_timer_t *t, dibba_beat_job_t *job, int64_t slot) {
+  fired_t *f = t->data;
+  on_fire(f, job, slot);
+  dibba_beat_timer_close(t, NULL); /* closing from inside the firing is allowed */
+  dibba_beat_timer_close(t, NULL);
+}
+
+START_TEST(timer_driver_fires_and_closes) {
+  uv_loop_t loop;
+  dibba_beat_timer_t t;
+  dibba_beat_jobs_t set;
+  fired_t f = {0};
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(dibba_beat_timer_init(&loop, &t, on_timer_fire, &f), 0);
+  t.now_ms = fake_now;
+  fake_ms = 1700000000LL * 1000 - 100; /* 100 ms before a 10 s slot */
+  dibba_beat_jobs_init(&set);
+  ck_assert_int_eq(
+      add(&set, "a.json",
+          "{\"jobs\":[" JOB("ten", "{\"every\":\"10s\"}") "," JOB("off", "{\"every\":\"1s\"},\"enabled\":false") "]}"),
+      0);
+  dibba_beat_timer_set_jobs(&t, &set, NULL);
+  dibba_beat_jobs_free(&set);
+  fake_ms += 100; /* the timer wakes 100 ms later (real time) and reads the injected clock */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(f.n, 1);
+  ck_assert_str_eq(f.names[0], "ten");
+  ck_assert_int_eq(f.slots[0], 1700000000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+START_TEST(shipped_examples_load) {
+  const char *src = getenv("DIBBA_SRCDIR");
+  char *dir = dibba_xasprintf("%s/deploy/beat.d", src ? src : ".");
+  dibba_beat_jobs_t set;
+  dibba_beat_jobs_init(&set);
+  ck_assert_int_eq(dibba_beat_jobs_load_dir(&set, dir), 0);
+  ck_assert_uint_eq(set.nerrors, 0);
+  ck_assert_uint_ge(set.n, 3);
+  dibba_beat_jobs_free(&set);
+  free(dir);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("cron");
@@ -598,6 +646,8 @@ int main(void) {
   tcase_add_test(tc, job_dir_and_caps);
   tcase_add_test(tc, reload_keeps_unchanged_next);
   tcase_add_test(tc, catchup_once_within_deadline);
+  tcase_add_test(tc, timer_driver_fires_and_closes);
+  tcase_add_test(tc, shipped_examples_load);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
