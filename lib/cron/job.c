@@ -75,7 +75,7 @@ int dibba_beat_job_parse(const char *file, json_t *obj, dibba_beat_job_t **out, 
   static const char *const known[] = {
       "name", "task", "args", "route", "schedule", "timezone", "expires", "enabled", "starting_deadline"};
   dibba_beat_job_t *job = dibba_xcalloc(1, sizeof *job);
-  const char *key, *tzname = "UTC";
+  const char *key, *zone_name = "UTC";
   json_t *v;
   int r = 0;
   char why[256];
@@ -126,8 +126,8 @@ int dibba_beat_job_parse(const char *file, json_t *obj, dibba_beat_job_t **out, 
   if (v && !json_is_string(v))
     FAIL("timezone", "must be a string (an IANA zone name)");
   if (v)
-    tzname = json_string_value(v);
-  if (dibba_tz_get(tzname, &job->tz, why, sizeof why) < 0)
+    zone_name = json_string_value(v);
+  if (dibba_tz_get(zone_name, &job->tz, why, sizeof why) < 0)
     FAIL("timezone", "%s", why);
 
   v = json_object_get(obj, "schedule");

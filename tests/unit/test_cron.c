@@ -36,9 +36,9 @@ static dibba_schedule_t cron(const char *expr) {
 }
 
 /* The next n slots after t. */
-static void next_n(const char *expr, const char *tzname, int64_t t, int64_t *out, int n) {
+static void next_n(const char *expr, const char *zname, int64_t t, int64_t *out, int n) {
   dibba_schedule_t s = cron(expr);
-  const dibba_tz_t *tz = zone(tzname);
+  const dibba_tz_t *tz = zone(zname);
   for (int i = 0; i < n; i++) {
     ck_assert_int_eq(dibba_schedule_next(&s, tz, t, &out[i]), 0);
     t = out[i];
