@@ -674,6 +674,11 @@ static void rd_closed(dibba_redis_t *r, void *data) {
   (void)r;
   one_closed(data);
 }
+static void route_closed(dibba_redis_t *r, void *data) {
+  route_t *rt = data;
+  (void)r;
+  one_closed(rt->c);
+}
 static void sub_closed(dibba_redis_sub_t *s, void *data) {
   (void)s;
   one_closed(data);
@@ -813,7 +818,7 @@ int dibba_task_consumer_stop(dibba_task_consumer_t *c, uint32_t grace_ms, dibba_
   /* Stop reading at once; a blocked XREADGROUP is failed (its entries, if any, stay pending for us). */
   c->pending_closes += (int)c->nroutes;
   for (size_t i = 0; i < c->nroutes; i++)
-    dibba_redis_close(c->routes[i].rd, rd_closed);
+    dibba_redis_close(c->routes[i].rd, route_closed);
   stop_tick(c);
   return 0;
 }
