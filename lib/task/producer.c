@@ -118,9 +118,9 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
                         skey};
   size_t argvlen[sizeof argv / sizeof argv[0]];
   for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-    argvlen[i] = strlen(argv[i]);
-  argvlen[13] = w.elen;
-  argvlen[14] = DIBBA_ENVELOPE_MAC_LEN;
+    argvlen[i] = i == 12 || i == 13 ? 0 : strlen(argv[i]);
+  argvlen[12] = w.elen; /* binary: envelope bytes and MAC */
+  argvlen[13] = DIBBA_ENVELOPE_MAC_LEN;
   submit_req_t *q = dibba_xcalloc(1, sizeof *q);
   q->cb = cb;
   q->data = data;
