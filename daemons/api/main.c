@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* dibba-api: the HTTP + WebSocket control plane. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,13 +10,75 @@
 #include "dibba/error.h"
 #include "dibba/http.h"
 #include "dibba/log.h"
+#include "dibba/redis.h"
+#include "dibba/time.h"
+#include "tasks.h"
 
 typedef struct api_s {
   char *jwt_secret;
   size_t jwt_secret_len;
   dibba_http_router_t *router;
   dibba_http_server_t *http;
+  /* tasks (wired minimally; the auth branch brings the full authenticator and Redis client) */
+  char *routing_key;
+  size_t routing_key_len;
+  dibba_redis_t *redis;
+  api_tasks_t *tasks;
+  dibba_auth_jwt_t jwt;
+  dibba_auth_users_t users;
+  int auth_ready;
 } api_t;
+
+static int api_auth(void *data, dibba_http_req_t *req, const char *token, dibba_http_principal_t *out) {
+  api_t *api = data;
+  dibba_auth_claims_t c;
+  (void)req;
+  if (token == NULL || !api->auth_ready)
+    return 401;
+  int rc = dibba_auth_token_check(&api->jwt, &api->users, token, strlen(token), dibba_now_ms() / 1000, &c);
+  if (rc < 0)
+    return 401;
+  snprintf(out->user, sizeof out->user, "%s", c.sub);
+  if (dibba_http_role_parse(dibba_auth_role_name(c.role), &out->role) < 0)
+    return 403;
+  return 0;
+}
+
+static void redis_closed(dibba_redis_t *r, void *data) { (void)r, (void)data; }
+
+static void tasks_closed(void *data) {
+  api_t *api = data;
+  if (api->redis) {
+    dibba_redis_close(api->redis, redis_closed);
+    api->redis = NULL;
+  }
+}
+
+static int api_start_tasks(dibba_daemon_t *d, api_t *api, char *err, size_t errlen) {
+  dibba_redis_options_t ro;
+  dibba_auth_scrypt_t sp;
+  char *users_path = NULL;
+  int r;
+  if ((r = dibba_config_secret(&d->cfg, "task.routing_key", &api->routing_key, &api->routing_key_len, err,
+                               errlen)) < 0 ||
+      (r = dibba_auth_jwt_from_config(&api->jwt, &d->cfg, err, errlen)) < 0 ||
+      (r = dibba_auth_users_path(&d->cfg, &users_path, err, errlen)) < 0 ||
+      (r = dibba_auth_scrypt_config(&d->cfg, &sp, err, errlen)) < 0)
+    return r;
+  dibba_auth_users_init(&api->users, users_path, &sp);
+  free(users_path);
+  api->auth_ready = 1;
+  if ((r = dibba_auth_users_load(&api->users, err, errlen)) < 0)
+    return r;
+  dibba_http_server_set_auth(api->http, api_auth, api);
+  if ((r = dibba_redis_options_from_config(&d->cfg, &ro, err, errlen)) < 0)
+    return r;
+  ro.name = "api";
+  if ((r = dibba_redis_new(&d->loop, &ro, &api->redis, err, errlen)) < 0)
+    return r;
+  return api_tasks_new(&d->loop, &d->cfg, api->redis, api->router, (const uint8_t *)api->routing_key,
+                       api->routing_key_len, &api->tasks, err, errlen);
+}
 
 static void healthz(dibba_http_req_t *req, void *data) {
   (void)data;
@@ -31,6 +94,12 @@ static void on_http_done(dibba_http_server_t *s, void *data) {
   dibba_http_router_free(api->router);
   api->router = NULL;
   dibba_log_info("dibba-api", NULL, "http server stopped");
+  if (api->tasks) {
+    api_tasks_close(api->tasks, tasks_closed, api);
+    api->tasks = NULL;
+  } else {
+    tasks_closed(api);
+  }
 }
 
 static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errlen) {
@@ -46,6 +115,8 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
     return r;
   api->router = dibba_http_router_new();
   api->http = dibba_http_server_new(&d->loop, api->router, &lim);
+  if ((r = api_start_tasks(d, api, err, errlen)) < 0)
+    return r;
   const dibba_http_route_t routes[] = {
       {.method = "GET",
        .pattern = "/healthz",
@@ -92,7 +163,15 @@ static void api_stop(dibba_daemon_t *d) {
   } else {
     dibba_http_router_free(api->router);
     api->router = NULL;
+    tasks_closed(api);
   }
+  if (api->routing_key) {
+    explicit_bzero(api->routing_key, api->routing_key_len);
+    free(api->routing_key);
+    api->routing_key = NULL;
+  }
+  dibba_auth_jwt_free(&api->jwt);
+  dibba_auth_users_free(&api->users);
   if (api->jwt_secret) {
     explicit_bzero(api->jwt_secret, api->jwt_secret_len);
     free(api->jwt_secret);
