@@ -70,11 +70,12 @@ class TransportTest(unittest.TestCase):
         fin = self.st.submit("noop", host="host-f")
         stream = (self.st.prefix + "q:" + self.st.record(fin[0])["route"]).encode()
         env = raw.xrange(stream, count=10)[0][1]
+        exp = self.st.submit("noop", host="host-f", expires=1)  # expired before any worker reads it
+        time.sleep(0.05)
         self.st.worker("host-f")
         self.st.wait_states(fin)
         raw.xadd(stream, env)                                   # replay of a finished task
         raw.xadd(stream, {b"e": b"garbage-envelope", b"m": b"x" * 32})  # forged
-        exp = self.st.submit("noop", host="host-f", expires=1)  # expired on arrival
         fixtures.wait_until(lambda: (self.st.counters("host-f").get("rejected_forged", 0) >= 1 and
                                      self.st.counters("host-f").get("rejected_expired", 0) >= 1 and
                                      self.st.counters("host-f").get("rejected_replay", 0) >= 1), 15,
