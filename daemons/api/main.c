@@ -59,8 +59,8 @@ static int api_start_tasks(dibba_daemon_t *d, api_t *api, char *err, size_t errl
   dibba_auth_scrypt_t sp;
   char *users_path = NULL;
   int r;
-  if ((r = dibba_config_secret(&d->cfg, "task.routing_key", &api->routing_key, &api->routing_key_len, err,
-                               errlen)) < 0 ||
+  if ((r = dibba_config_secret(&d->cfg, "task.routing_key", &api->routing_key, &api->routing_key_len, err, errlen)) <
+          0 ||
       (r = dibba_auth_jwt_from_config(&api->jwt, &d->cfg, err, errlen)) < 0 ||
       (r = dibba_auth_users_path(&d->cfg, &users_path, err, errlen)) < 0 ||
       (r = dibba_auth_scrypt_config(&d->cfg, &sp, err, errlen)) < 0)

@@ -41,7 +41,10 @@ struct watcher_s {
 /* ---- helpers ---- */
 
 static int hexval(int c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  return c >= '0' && c <= '9'   ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
 }
 
 /* The decoded value of one query parameter into out, or -ENOENT. */
@@ -111,7 +114,8 @@ static void submitted(int status, const char *id, void *data) {
   else if (q->generic)
     dibba_http_respond_json(q->req, 202, json_pack("{s:s}", "task_id", id));
   else
-    dibba_http_respond_json(q->req, 200, json_pack("{s:s, s:s}", "message", "Task submitted successfully", "task_id", id));
+    dibba_http_respond_json(q->req, 200,
+                            json_pack("{s:s, s:s}", "message", "Task submitted successfully", "task_id", id));
   submit_free(q);
 }
 
@@ -248,8 +252,8 @@ static void revoke_done(int status, void *data) {
   else if (status < 0)
     dibba_http_respond_error(req, 503, "task store unavailable");
   else
-    dibba_http_respond_json(req, 202, json_pack("{s:s, s:b}", "task_id", dibba_http_req_param(req, "task_id"),
-                                                "revoked", 1));
+    dibba_http_respond_json(req, 202,
+                            json_pack("{s:s, s:b}", "task_id", dibba_http_req_param(req, "task_id"), "revoked", 1));
   dibba_http_req_unref(req);
 }
 
@@ -530,27 +534,72 @@ int api_tasks_new(uv_loop_t *loop, const dibba_config_t *cfg, dibba_redis_t *red
   if ((rc = dibba_redis_sub_new(loop, &so, &t->sub, err, errlen)) < 0)
     goto fail;
   const dibba_http_route_t routes[] = {
-      {.method = "GET", .pattern = "/get_worker_node_data", .handler = h_node_data, .data = t,
-       .role = DIBBA_ROLE_OPERATOR, .summary = "Submit get_worker_node_info to ?host_name="},
-      {.method = "GET", .pattern = "/get_worker_node_ip", .handler = h_node_ip, .data = t,
-       .role = DIBBA_ROLE_OPERATOR, .summary = "Submit get_host_ip to ?host_name="},
-      {.method = "GET", .pattern = "/get_worker_usage_data", .handler = h_usage, .data = t,
-       .role = DIBBA_ROLE_OPERATOR, .summary = "Submit get_usage to ?host_name="},
-      {.method = "GET", .pattern = "/task/{task_id}", .handler = h_task, .data = t, .role = DIBBA_ROLE_VIEWER,
+      {.method = "GET",
+       .pattern = "/get_worker_node_data",
+       .handler = h_node_data,
+       .data = t,
+       .role = DIBBA_ROLE_OPERATOR,
+       .summary = "Submit get_worker_node_info to ?host_name="},
+      {.method = "GET",
+       .pattern = "/get_worker_node_ip",
+       .handler = h_node_ip,
+       .data = t,
+       .role = DIBBA_ROLE_OPERATOR,
+       .summary = "Submit get_host_ip to ?host_name="},
+      {.method = "GET",
+       .pattern = "/get_worker_usage_data",
+       .handler = h_usage,
+       .data = t,
+       .role = DIBBA_ROLE_OPERATOR,
+       .summary = "Submit get_usage to ?host_name="},
+      {.method = "GET",
+       .pattern = "/task/{task_id}",
+       .handler = h_task,
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
        .summary = "A task's status, result and progress"},
-      {.method = "GET", .pattern = "/v1/tasks/{task_id}", .handler = h_task, .data = t, .role = DIBBA_ROLE_VIEWER,
+      {.method = "GET",
+       .pattern = "/v1/tasks/{task_id}",
+       .handler = h_task,
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
        .summary = "A task's status, result and progress"},
-      {.method = "POST", .pattern = "/v1/tasks", .handler = h_submit, .data = t, .role = DIBBA_ROLE_OPERATOR,
-       .body = DIBBA_HTTP_BODY_JSON, .summary = "Submit a task {name, host|role, args, countdown, expires, max_retries}"},
-      {.method = "POST", .pattern = "/v1/tasks/{task_id}/revoke", .handler = h_revoke, .data = t,
-       .role = DIBBA_ROLE_OPERATOR, .summary = "Revoke a task"},
-      {.method = "GET", .pattern = "/v1/nodes", .handler = h_nodes, .data = t, .role = DIBBA_ROLE_VIEWER,
+      {.method = "POST",
+       .pattern = "/v1/tasks",
+       .handler = h_submit,
+       .data = t,
+       .role = DIBBA_ROLE_OPERATOR,
+       .body = DIBBA_HTTP_BODY_JSON,
+       .summary = "Submit a task {name, host|role, args, countdown, expires, max_retries}"},
+      {.method = "POST",
+       .pattern = "/v1/tasks/{task_id}/revoke",
+       .handler = h_revoke,
+       .data = t,
+       .role = DIBBA_ROLE_OPERATOR,
+       .summary = "Revoke a task"},
+      {.method = "GET",
+       .pattern = "/v1/nodes",
+       .handler = h_nodes,
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
        .summary = "Worker nodes from their heartbeats"},
-      {.method = "GET", .pattern = "/v1/nodes/{host}", .handler = h_nodes, .data = t, .role = DIBBA_ROLE_VIEWER,
+      {.method = "GET",
+       .pattern = "/v1/nodes/{host}",
+       .handler = h_nodes,
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
        .summary = "One worker node"},
-      {.method = "GET", .pattern = "/v1/tasks/{task_id}/watch", .data = t, .role = DIBBA_ROLE_VIEWER,
-       .ws = &watch_ops, .summary = "WebSocket: the task's state, then every change until it is final"},
-      {.method = "GET", .pattern = "/task/{task_id}/watch", .data = t, .role = DIBBA_ROLE_VIEWER, .ws = &watch_ops,
+      {.method = "GET",
+       .pattern = "/v1/tasks/{task_id}/watch",
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
+       .ws = &watch_ops,
+       .summary = "WebSocket: the task's state, then every change until it is final"},
+      {.method = "GET",
+       .pattern = "/task/{task_id}/watch",
+       .data = t,
+       .role = DIBBA_ROLE_VIEWER,
+       .ws = &watch_ops,
        .summary = "WebSocket: the task's state, then every change until it is final"},
   };
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
