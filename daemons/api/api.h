@@ -12,6 +12,8 @@
 #include "dibba/http.h"
 #include "dibba/redis.h"
 
+#include "tasks.h"
+
 typedef struct api_s {
   dibba_daemon_t *d;
   uv_loop_t *loop;
@@ -20,6 +22,10 @@ typedef struct api_s {
   char *audit_key;      /* <prefix>audit */
   dibba_http_router_t *router;
   dibba_http_server_t *http;
+  /* tasks: the routing/MAC key, and the task and node routes (tasks.c) */
+  char *routing_key;
+  size_t routing_key_len;
+  api_tasks_t *tasks;
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;

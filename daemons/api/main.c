@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, the echo WebSocket). */
+/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, tasks, the echo WebSocket). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +193,13 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
   r = api_auth_routes(api, err, errlen);
   if (r < 0)
     return r;
+  r = dibba_config_secret(&d->cfg, "task.routing_key", &api->routing_key, &api->routing_key_len, err, errlen);
+  if (r < 0)
+    return r;
+  r = api_tasks_new(&d->loop, &d->cfg, api->redis, api->router, (const uint8_t *)api->routing_key, api->routing_key_len,
+                    &api->tasks, err, errlen);
+  if (r < 0)
+    return r;
   dibba_http_server_set_metrics_hook(api->http, metrics_hook, api);
   dibba_http_server_set_response_hook(api->http, api_audit_response, api);
   raise_nofile();
@@ -229,6 +236,9 @@ void api_maybe_finish(api_t *api) {
   dibba_log_info("dibba-api", NULL, "api stopped");
 }
 
+static void close_redis(api_t *api);
+static void close_tasks(api_t *api);
+
 static void on_http_done(dibba_http_server_t *s, void *data) {
   api_t *api = data;
   (void)s;
@@ -237,7 +247,16 @@ static void on_http_done(dibba_http_server_t *s, void *data) {
   dibba_http_router_free(api->router);
   api->router = NULL;
   dibba_log_info("dibba-api", NULL, "http server stopped");
+  close_tasks(api);
   api->closes_pending--;
+  api_maybe_finish(api);
+}
+
+/* The task routes close before Redis: their watchers and in-flight calls use the API's client. */
+static void on_tasks_closed(void *data) {
+  api_t *api = data;
+  api->closes_pending--;
+  close_redis(api);
   api_maybe_finish(api);
 }
 
@@ -247,6 +266,26 @@ static void on_redis_closed(dibba_redis_t *r, void *data) {
   api->redis = NULL;
   api->closes_pending--;
   api_maybe_finish(api);
+}
+
+static void close_redis(api_t *api) {
+  if (api->redis) {
+    api->closes_pending++;
+    if (dibba_redis_close(api->redis, on_redis_closed) < 0)
+      api->closes_pending--;
+  }
+}
+
+/* Tasks, then Redis, once HTTP has drained: in-flight task requests and WebSocket watchers use both, and the
+ * last audit records still go out. */
+static void close_tasks(api_t *api) {
+  if (api->tasks) {
+    api->closes_pending++;
+    api_tasks_close(api->tasks, on_tasks_closed, api);
+    api->tasks = NULL;
+  } else {
+    close_redis(api);
+  }
 }
 
 static void api_stop(dibba_daemon_t *d) {
@@ -261,12 +300,12 @@ static void api_stop(dibba_daemon_t *d) {
     dibba_http_router_free(api->router);
     api->router = NULL;
   }
-  /* Redis after HTTP was asked to stop: the last audit records of in-flight requests may still go out within
-   * the client's close grace. */
-  if (api->redis) {
-    api->closes_pending++;
-    if (dibba_redis_close(api->redis, on_redis_closed) < 0)
-      api->closes_pending--;
+  if (api->http == NULL)
+    close_tasks(api);
+  if (api->routing_key) {
+    explicit_bzero(api->routing_key, api->routing_key_len);
+    free(api->routing_key);
+    api->routing_key = NULL;
   }
   api_auth_stop(api);
   api->closes_pending--;

@@ -873,6 +873,7 @@ def daemon_config(redis=None, containerd=None, cni=None, secrets_paths=None, api
         "task": {"routing_key_file": sp["routing_key_file"]},
         "api": {"listen": "127.0.0.1:%d" % (api_port or free_port())},
         "worker": {"hostname": socket.gethostname(), "state_dir": s.path("worker-state"),
+                   "plugin_dir": os.path.join(BUILD_DIR, "plugins"),
                    "netns_dir": NETNS_DIR},
         "containerd": {"socket": containerd.address if containerd else "unix://" + s.path("no-containerd.sock"),
                        "namespace": "k8s.io", "snapshotter": "overlayfs"},
