@@ -300,6 +300,19 @@ START_TEST(url_table) {
       {"unix:///s?db=x", 0, 0, NULL, 0, 0, NULL, NULL},
       {"unix:///s?foo=1", 0, 0, NULL, 0, 0, NULL, NULL},
       {"unix:///s?db", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,b:2/m", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://u:p%2F@[::1]:5,h/my%20m/3", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 3, "u", "p/"},
+      {"redis+sentinel://h/m?sentinel_password=s3&sentinel_user=su", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://h", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://h/", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel:///m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,,b/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a:0/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m/x", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m?db=1", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m?sentinel_password=", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a/m", 0, 0, NULL, 0, 0, NULL, NULL},
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
     dibba_redis_addr_t a;
@@ -313,7 +326,8 @@ START_TEST(url_table) {
     }
     ck_assert_msg(rc == 0, "%s: %s", t[i].url, err);
     ck_assert_int_eq(a.kind, t[i].kind);
-    ck_assert_str_eq(a.kind == DIBBA_REDIS_TCP ? a.host : a.path, t[i].host_or_path);
+    if (a.kind != DIBBA_REDIS_SENTINEL)
+      ck_assert_str_eq(a.kind == DIBBA_REDIS_TCP ? a.host : a.path, t[i].host_or_path);
     if (a.kind == DIBBA_REDIS_TCP)
       ck_assert_int_eq(a.port, t[i].port);
     ck_assert_int_eq(a.db, t[i].db);
@@ -322,6 +336,25 @@ START_TEST(url_table) {
     dibba_redis_addr_free(&a);
     dibba_redis_addr_free(&a);
   }
+  /* The sentinel fields. */
+  dibba_redis_addr_t a;
+  char err[256];
+  ck_assert_int_eq(dibba_redis_url_parse("redis+sentinel://u:p%2F@[::1]:5,h/my%20m/3", &a, err, sizeof err), 0);
+  ck_assert_uint_eq(a.nsentinels, 2);
+  ck_assert_str_eq(a.sentinels[0].host, "::1");
+  ck_assert_int_eq(a.sentinels[0].port, 5);
+  ck_assert_str_eq(a.sentinels[1].host, "h");
+  ck_assert_int_eq(a.sentinels[1].port, 26379);
+  ck_assert_str_eq(a.master_name, "my m");
+  ck_assert_ptr_null(a.host);
+  dibba_redis_addr_free(&a);
+  ck_assert_int_eq(
+      dibba_redis_url_parse("redis+sentinel://h/m?sentinel_password=s3&sentinel_user=su", &a, err, sizeof err), 0);
+  ck_assert_str_eq(a.sentinel_user, "su");
+  ck_assert_str_eq(a.sentinel_password, "s3");
+  ck_assert_ptr_null(a.password);
+  dibba_redis_addr_free(&a);
+  dibba_redis_addr_free(&a);
 }
 END_TEST
 

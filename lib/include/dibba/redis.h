@@ -13,13 +13,27 @@
 
 /* A Redis error reply (type REDIS_REPLY_ERROR) was received; the reply is passed along so its text can be read. */
 #define DIBBA_REDIS_EREPLY (-5101)
+/* Sentinel mode: the server is not (or no longer) the master: ROLE said replica, a write got READONLY, or the
+ * sentinels announced a failover (+switch-master). The client re-resolves through the sentinels. */
+#define DIBBA_REDIS_ENOTMASTER (-5102)
+/* DIBBA_REDIS_WAIT_REPLICAS: the command ran (its reply is passed along) but fewer replicas than asked
+ * acknowledged it within the WAIT timeout; see "What a failover can lose" below. */
+#define DIBBA_REDIS_EWAIT (-5103)
 
 /* Name for any status this module hands out (DIBBA_REDIS_EREPLY, UV_E*, errno, DIBBA_E*). Static string. */
 const char *dibba_redis_strerror(int status);
 
 /* ---- Addresses ---------------------------------------------------------------------------------------- */
 
-typedef enum { DIBBA_REDIS_TCP = 1, DIBBA_REDIS_UNIX = 2 } dibba_redis_kind_t;
+typedef enum { DIBBA_REDIS_TCP = 1, DIBBA_REDIS_UNIX = 2, DIBBA_REDIS_SENTINEL = 3 } dibba_redis_kind_t;
+
+/* One sentinel of a DIBBA_REDIS_SENTINEL address. */
+typedef struct dibba_redis_hostport_s {
+  char *host; /* host name or IP literal (brackets stripped for IPv6) */
+  int port;   /* default 26379 */
+} dibba_redis_hostport_t;
+
+#define DIBBA_REDIS_SENTINELS_MAX 16
 
 /* A parsed address. All strings are malloc'd and owned by the struct (dibba_redis_addr_free). */
 typedef struct dibba_redis_addr_s {
@@ -27,12 +41,20 @@ typedef struct dibba_redis_addr_s {
   char *host;     /* TCP: host name or IP literal (brackets stripped for IPv6) */
   int port;       /* TCP: 1..65535, default 6379 */
   char *path;     /* UNIX: socket path */
-  char *user;     /* ACL user, percent-decoded, or NULL */
+  char *user;     /* ACL user, percent-decoded, or NULL (SENTINEL: for the master, not the sentinels) */
   char *password; /* percent-decoded, or NULL; never logged */
   int db;         /* 0..(2^31-1), default 0 */
+  /* SENTINEL only (NULL / 0 otherwise): */
+  char *master_name;                 /* the name the sentinels monitor, percent-decoded */
+  dibba_redis_hostport_t *sentinels; /* 1..DIBBA_REDIS_SENTINELS_MAX, asked in this order */
+  size_t nsentinels;
+  char *sentinel_user;     /* AUTH for the sentinels (query sentinel_user=), or NULL */
+  char *sentinel_password; /* (query sentinel_password=), or NULL; never logged */
 } dibba_redis_addr_t;
 
-/* Parse redis://[user[:pass]@]host[:port][/db], unix:///path[?db=N], unix:/path, redis+unix:///path.
+/* Parse redis://[user[:pass]@]host[:port][/db], unix:///path[?db=N], unix:/path, redis+unix:///path, and
+ * redis+sentinel://[user:pass@]host1[:port1],host2[:port2],.../MASTERNAME[/db][?sentinel_user=U&sentinel_password=P]
+ * (sentinel ports default to 26379, IPv6 hosts in brackets; user:pass and db are for the master).
  * The unix forms also accept user=, password= query parameters. On success fills out (free it with
  * dibba_redis_addr_free). Returns -EINVAL with a one-line reason in err (never containing the password). */
 int dibba_redis_url_parse(const char *url, dibba_redis_addr_t *out, char *err, size_t errlen);
