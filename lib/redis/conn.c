@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The connection core: resolve, connect, AUTH/SELECT, command queue and deadlines, backoff, close. */
+/* The connection core: resolve, connect, AUTH/SELECT(/ROLE), command queue and deadlines, WAIT, backoff, close. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,9 +28,12 @@ typedef struct cmd_s {
   dibba_redis_cb cb;
   void *data;
   uint64_t deadline;
-  int done;     /* the user callback has run */
-  int nparts;   /* formatted commands in buf (MULTI batches have several) */
-  size_t *lens; /* length of each part */
+  int done;               /* the user callback has run */
+  int nparts;             /* formatted commands in buf (MULTI batches have several; WAIT is the last part) */
+  int wait_n;             /* DIBBA_REDIS_WAIT_REPLICAS: replicas asked for, else 0 */
+  redisReply *main_reply; /* with wait_n: a copy of the command's own reply, until WAIT's arrives */
+  int parts_seen;         /* replies to the non-last parts received so far */
+  size_t *lens;           /* length of each part */
   char *buf;
 } cmd_t;
 
@@ -78,6 +81,14 @@ struct dibba_redis_s {
   gai_t *gai;      /* built-in resolver request in flight */
   int gai_inflight;
   cmd_list_t queue, inflight;
+  int verify_role;             /* sentinel mode: ROLE must say master before ready; READONLY re-resolves */
+  int fast_retry;              /* the next attempt starts at once (a failover was announced) */
+  int wait_acked;              /* dibba_redis_wait_acked during a WAIT command's callback */
+  dibba__sentinel_t *sentinel; /* the owned Sentinel resolver, or NULL */
+  int sentinel_state;          /* 0 running, 1 closing, 2 closed */
+  char cur_ip[64];             /* target of the current connection (TCP) */
+  char *cur_path;              /* target of the current connection (UNIX) */
+  int cur_port;
 
   int closing;
   uint64_t close_deadline;
@@ -119,6 +130,8 @@ static void list_remove(cmd_list_t *l, cmd_t *c) {
 }
 
 static void cmd_free(cmd_t *c) {
+  if (c->main_reply)
+    freeReplyObject(c->main_reply);
   free(c->buf);
   free(c->lens);
   free(c);
@@ -155,6 +168,10 @@ static void log_event(dibba_redis_t *r, dibba_log_level_t lvl, int status, const
 const char *dibba_redis_strerror(int status) {
   if (status == DIBBA_REDIS_EREPLY)
     return "redis error reply";
+  if (status == DIBBA_REDIS_ENOTMASTER)
+    return "not the master";
+  if (status == DIBBA_REDIS_EWAIT)
+    return "too few replicas acknowledged";
   return dibba_strerror(status);
 }
 
@@ -190,6 +207,8 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
 
 static int builtin_resolve(dibba_redis_t *r, const dibba_redis_addr_t *a, dibba_redis_resolve_done done, void *data) {
   dibba_redis_target_t t = {.kind = a->kind, .port = a->port};
+  if (a->kind != DIBBA_REDIS_TCP && a->kind != DIBBA_REDIS_UNIX)
+    return -EINVAL;
   if (a->kind == DIBBA_REDIS_UNIX) {
     t.path = a->path;
     done(r, 0, &t);
@@ -228,7 +247,7 @@ static void builtin_cancel(dibba_redis_t *r, void *data) {
   }
 }
 
-static const dibba_redis_resolver_t builtin_resolver = {builtin_resolve, builtin_cancel, NULL};
+const dibba_redis_resolver_t dibba__redis_builtin_resolver = {builtin_resolve, builtin_cancel, NULL};
 
 /* ---- libuv adapter fix-up ----
  * hiredis 0.14's libuv adapter returns early when libuv reports a poll error (POLLERR, e.g. a refused TCP
@@ -349,15 +368,19 @@ static void on_hiredis_disconnect(const redisAsyncContext *ac, int status) {
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void on_part_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
-/* Send every part; the last one carries the callback. */
+/* Send every part; the last one carries the callback. In sentinel mode or with WAIT the others get
+ * on_part_reply (READONLY detection; the command's own reply is kept for WAIT). */
 static int send_cmd_parts(dibba_redis_t *r, cmd_t *c) {
   if (r->inflight.tail && r->inflight.tail->deadline > c->deadline)
     c->deadline = r->inflight.tail->deadline;
   size_t off = 0;
+  int watch = r->verify_role || c->wait_n;
   for (int i = 0; i < c->nparts; i++) {
     int last = i == c->nparts - 1;
-    int rc = redisAsyncFormattedCommand(r->ac, last ? on_reply : NULL, last ? c : NULL, c->buf + off, c->lens[i]);
+    redisCallbackFn *fn = last ? on_reply : watch ? on_part_reply : NULL;
+    int rc = redisAsyncFormattedCommand(r->ac, fn, fn ? c : NULL, c->buf + off, c->lens[i]);
     if (rc != REDIS_OK && i == 0)
       return UV_ENOTCONN;
     off += c->lens[i];
@@ -394,14 +417,12 @@ static void become_ready(dibba_redis_t *r) {
     r->on_connect(r, 0, r->data);
 }
 
-static void hs_reply(redisAsyncContext *ac, redisReply *reply, int fail_status) {
-  dibba_redis_t *r = ac->data;
-  if (reply == NULL || r->state != ST_HANDSHAKE)
-    return; /* the context is going away; conn_lost reports it */
+/* One handshake reply was checked: status 0, or the attempt fails with status and the text why. */
+static void hs_step(dibba_redis_t *r, int status, const char *why) {
   r->hs_pending--;
-  if (reply->type == REDIS_REPLY_ERROR && r->hs_status == 0) {
-    r->hs_status = fail_status;
-    set_error(r, "%s", reply->str);
+  if (status && r->hs_status == 0) {
+    r->hs_status = status;
+    set_error(r, "%s", why);
   }
   if (r->hs_pending > 0)
     return;
@@ -411,6 +432,39 @@ static void hs_reply(redisAsyncContext *ac, redisReply *reply, int fail_status) 
   } else {
     become_ready(r);
   }
+}
+
+static void hs_reply(redisAsyncContext *ac, redisReply *reply, int fail_status) {
+  dibba_redis_t *r = ac->data;
+  if (reply == NULL || r->state != ST_HANDSHAKE)
+    return; /* the context is going away; conn_lost reports it */
+  int bad = reply->type == REDIS_REPLY_ERROR;
+  hs_step(r, bad ? fail_status : 0, bad ? reply->str : "");
+}
+
+/* Sentinel mode: only a master may become ready; a replica is a stale answer (or a master demoted since). */
+static void on_role_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
+  dibba_redis_t *r = ac->data;
+  redisReply *reply = reply_;
+  if (reply == NULL || r->state != ST_HANDSHAKE)
+    return;
+  if (reply->type == REDIS_REPLY_ERROR) {
+    hs_step(r, -EACCES, reply->str);
+    return;
+  }
+  const redisReply *role = dibba_redis_reply_at(reply, 0);
+  const char *s = "?";
+  size_t len = 1;
+  if (role)
+    dibba_redis_reply_str(role, &s, &len);
+  if (len == 6 && memcmp(s, "master", 6) == 0) {
+    hs_step(r, 0, "");
+    return;
+  }
+  char why[128];
+  snprintf(why, sizeof why, "%s:%d reports role '%.*s', not master", r->cur_ip, r->cur_port, (int)(len < 32 ? len : 32),
+           s);
+  hs_step(r, DIBBA_REDIS_ENOTMASTER, why);
 }
 
 static void on_auth_reply(redisAsyncContext *ac, void *reply, void *privdata) { hs_reply(ac, reply, -EACCES); }
@@ -448,6 +502,10 @@ static void on_hiredis_connect(const redisAsyncContext *cac, int status) {
     redisAsyncCommandArgv(ac, on_select_reply, NULL, 2, (const char *[]){"SELECT", db}, NULL);
     r->hs_pending++;
   }
+  if (r->verify_role) {
+    redisAsyncCommand(ac, on_role_reply, NULL, "ROLE");
+    r->hs_pending++;
+  }
   if (r->hs_pending == 0)
     become_ready(r);
 }
@@ -460,6 +518,20 @@ static void resolved(dibba_redis_t *r, int status, const dibba_redis_target_t *t
     set_error(r, "resolve %s: %s", r->where, dibba_strerror(status));
     attempt_failed(r, status);
     return;
+  }
+  free(r->cur_path);
+  r->cur_path = NULL;
+  r->cur_ip[0] = '\0';
+  r->cur_port = 0;
+  if (t->kind == DIBBA_REDIS_UNIX) {
+    r->cur_path = dibba_xstrdup(t->path);
+  } else {
+    snprintf(r->cur_ip, sizeof r->cur_ip, "%s", t->ip);
+    r->cur_port = t->port;
+  }
+  if (r->addr.kind == DIBBA_REDIS_SENTINEL) {
+    free(r->where);
+    r->where = dibba_xasprintf("sentinel %s -> %s:%d db %d", r->addr.master_name, r->cur_ip, r->cur_port, r->addr.db);
   }
   errno = 0;
   redisAsyncContext *ac =
@@ -520,6 +592,12 @@ static void start_attempt(dibba_redis_t *r) {
 static void retry_cb(uv_timer_t *t) { start_attempt(t->data); }
 
 static void schedule_retry(dibba_redis_t *r) {
+  if (r->fast_retry) { /* a failover was announced: the new master is known, do not wait */
+    r->fast_retry = 0;
+    r->attempt = 0;
+    uv_timer_start(&r->retry_timer, retry_cb, 0, 0);
+    return;
+  }
   unsigned exp = r->attempt < 16 ? r->attempt : 16;
   uint64_t ceil = (uint64_t)r->backoff_base_ms << exp;
   if (ceil > r->backoff_cap_ms)
@@ -531,7 +609,73 @@ static void schedule_retry(dibba_redis_t *r) {
   uv_timer_start(&r->retry_timer, retry_cb, delay, 0);
 }
 
+void dibba__redis_reresolve(dibba_redis_t *r, int cause) {
+  if (r->closing)
+    return;
+  switch (r->state) {
+  case ST_RESOLVING:
+    if (r->resolver.cancel)
+      r->resolver.cancel(r, r->resolver.data);
+    r->state = ST_IDLE;
+    uv_timer_stop(&r->conn_timer);
+    /* fall through */
+  case ST_IDLE:
+    r->attempt = 0;
+    uv_timer_start(&r->retry_timer, retry_cb, 0, 0);
+    break;
+  default: /* connecting, handshake, ready or dropping: drop it, then retry at once */
+    r->fast_retry = 1;
+    if (r->state != ST_DROPPING && r->kill_status == 0) {
+      r->kill_status = cause;
+      kick(r);
+    }
+    break;
+  }
+}
+
 /* ---- commands ---- */
+
+/* Sentinel mode: a write refused with READONLY means this server was demoted without us hearing of it. */
+static void check_readonly(dibba_redis_t *r, const redisReply *reply) {
+  if (!r->verify_role || reply == NULL || reply->type != REDIS_REPLY_ERROR || reply->len < 8 ||
+      strncmp(reply->str, "READONLY", 8) != 0 || r->state != ST_READY || r->kill_status)
+    return;
+  set_error(r, "%s:%d: %.120s", r->cur_ip, r->cur_port, reply->str);
+  r->kill_status = DIBBA_REDIS_ENOTMASTER; /* not from inside hiredis: on the next kick */
+  r->fast_retry = 1;
+  kick(r);
+}
+
+static redisReply *reply_copy(const redisReply *in) {
+  redisReply *out = dibba_xcalloc(1, sizeof *out);
+  out->type = in->type;
+  out->integer = in->integer;
+  if (in->str) {
+    out->len = in->len;
+    out->str = dibba_xmalloc(in->len + 1);
+    memcpy(out->str, in->str, in->len);
+    out->str[in->len] = '\0';
+  }
+  if (in->type == REDIS_REPLY_ARRAY && in->elements > 0) {
+    out->elements = in->elements;
+    out->element = dibba_xcalloc(in->elements, sizeof *out->element);
+    for (size_t i = 0; i < in->elements; i++)
+      out->element[i] = in->element[i] ? reply_copy(in->element[i]) : NULL;
+  }
+  return out;
+}
+
+static void on_part_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
+  cmd_t *c = privdata;
+  redisReply *reply = reply_;
+  if (reply == NULL)
+    return; /* the context is going away: on_reply fails the command */
+  check_readonly(c->r, reply);
+  /* With WAIT, the part before it is the command (or EXEC): hiredis frees the reply when we return. */
+  if (c->wait_n && c->parts_seen == c->nparts - 2)
+    c->main_reply = reply_copy(reply);
+  c->parts_seen++;
+}
 
 static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
   cmd_t *c = privdata;
@@ -541,7 +685,20 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata) {
   if (reply == NULL && r->state == ST_READY)
     r->state = ST_DROPPING; /* the context is being freed: nothing new may be sent on it */
   int status = reply == NULL ? r->drop_status : reply->type == REDIS_REPLY_ERROR ? DIBBA_REDIS_EREPLY : 0;
-  cmd_finish(r, c, status, reply);
+  if (reply != NULL && c->wait_n) { /* reply is WAIT's; the user gets the command's own */
+    long long acked = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+    redisReply *main = c->main_reply;
+    status = main == NULL                      ? DIBBA_EPROTO
+             : main->type == REDIS_REPLY_ERROR ? DIBBA_REDIS_EREPLY
+             : acked < c->wait_n               ? DIBBA_REDIS_EWAIT
+                                               : 0;
+    r->wait_acked = acked > INT32_MAX ? INT32_MAX : (int)acked;
+    cmd_finish(r, c, status, main);
+    r->wait_acked = -1;
+  } else {
+    check_readonly(r, reply);
+    cmd_finish(r, c, status, reply);
+  }
   cmd_free(c);
   if (reply != NULL)
     arm_cmd_timer(r);
@@ -643,7 +800,29 @@ static cmd_t *cmd_new(dibba_redis_t *r, dibba_redis_cb cb, void *data, int npart
 static int submit(dibba_redis_t *r, cmd_t *c, const dibba_redis_cmd_opts_t *opts) {
   int rc = 0;
   unsigned flags = opts ? opts->flags : 0;
-  uint32_t tmo = opts && opts->timeout_ms ? opts->timeout_ms : r->command_timeout_ms;
+  uint64_t tmo = opts && opts->timeout_ms ? opts->timeout_ms : r->command_timeout_ms;
+  if (flags & DIBBA_REDIS_WAIT_REPLICAS) {
+    uint32_t n = opts->wait_replicas ? opts->wait_replicas : 1;
+    uint32_t wt = opts->wait_timeout_ms ? opts->wait_timeout_ms : 1000;
+    if (n > 1000000) {
+      rc = -EINVAL;
+      goto out;
+    }
+    char *w = NULL;
+    int wlen = redisFormatCommand(&w, "WAIT %u %u", (unsigned)n, (unsigned)wt);
+    if (wlen < 0)
+      dibba_oom(0);
+    size_t old = 0;
+    for (int i = 0; i < c->nparts; i++)
+      old += c->lens[i];
+    c->buf = dibba_xrealloc(c->buf, old + (size_t)wlen);
+    memcpy(c->buf + old, w, (size_t)wlen);
+    free(w);
+    c->lens = dibba_xreallocarray(c->lens, (size_t)c->nparts + 1, sizeof *c->lens);
+    c->lens[c->nparts++] = (size_t)wlen;
+    c->wait_n = (int)n;
+    tmo += wt;
+  }
   c->deadline = (flags & DIBBA_REDIS_NO_TIMEOUT) ? NO_DEADLINE : uv_now(r->loop) + tmo;
   if (r->closing) {
     rc = UV_ECANCELED;
@@ -758,6 +937,7 @@ static void handle_closed(uv_handle_t *h) {
   if (r->close_cb)
     r->close_cb(r, r->data);
   dibba_redis_addr_free(&r->addr);
+  free(r->cur_path);
   free(r->name);
   free(r->where);
   free(r);
@@ -775,6 +955,12 @@ static void fail_queue(dibba_redis_t *r, int status) {
 }
 
 static void grace_cb(uv_timer_t *t) { kick(t->data); }
+
+static void sentinel_closed(dibba_redis_t *r) {
+  r->sentinel = NULL; /* it freed itself */
+  r->sentinel_state = 2;
+  kick(r);
+}
 
 static void close_step(dibba_redis_t *r) {
   if (r->handles_closing)
@@ -796,6 +982,12 @@ static void close_step(dibba_redis_t *r) {
     r->drop_status = UV_ECANCELED;
     conn_drop(r, UV_ECANCELED);
   }
+  if (r->sentinel_state == 0 && r->sentinel) {
+    r->sentinel_state = 1;
+    dibba__sentinel_close(r->sentinel, sentinel_closed);
+  }
+  if (r->sentinel_state == 1)
+    return; /* sentinel_closed kicks us again */
   if (r->gai_inflight > 0)
     return; /* gai_cb kicks us again */
   r->handles_closing = 1;
@@ -848,6 +1040,8 @@ int dibba__redis_new(uv_loop_t *loop, const dibba_redis_options_t *opts, const d
   r->name = dibba_xstrdup(opts->name ? opts->name : "redis");
   if (addr.kind == DIBBA_REDIS_UNIX)
     r->where = dibba_xasprintf("unix:%s db %d", addr.path, addr.db);
+  else if (addr.kind == DIBBA_REDIS_SENTINEL)
+    r->where = dibba_xasprintf("sentinel %s db %d", addr.master_name, addr.db);
   else
     r->where = dibba_xasprintf("%s:%d db %d", addr.host, addr.port, addr.db);
   r->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 3000;
@@ -860,17 +1054,21 @@ int dibba__redis_new(uv_loop_t *loop, const dibba_redis_options_t *opts, const d
   r->close_grace_ms = opts->close_grace_ms ? opts->close_grace_ms : 2000;
   r->on_connect = opts->on_connect;
   r->on_disconnect = opts->on_disconnect;
-  r->resolver = opts->resolver ? *opts->resolver : builtin_resolver;
+  r->resolver = opts->resolver ? *opts->resolver : dibba__redis_builtin_resolver;
   r->data = opts->data;
   if (hooks)
     r->hooks = *hooks;
   r->hook_data = hook_data;
   r->drop_status = UV_ECONNRESET;
+  r->wait_acked = -1;
+  r->verify_role = addr.kind == DIBBA_REDIS_SENTINEL;
   uv_timer_t *timers[] = {&r->conn_timer, &r->retry_timer, &r->cmd_timer, &r->kick_timer};
   for (size_t i = 0; i < 4; i++) {
     uv_timer_init(loop, timers[i]);
     timers[i]->data = r;
   }
+  if (addr.kind == DIBBA_REDIS_SENTINEL && opts->resolver == NULL)
+    r->sentinel = dibba__sentinel_new(r, opts, &r->resolver);
   /* First attempt on the next loop turn, so no callback runs inside this call. */
   uv_timer_start(&r->retry_timer, retry_cb, 0, 0);
   *out = r;
@@ -900,6 +1098,16 @@ int dibba_redis_options_from_config(const dibba_config_t *cfg, dibba_redis_optio
   if (rc < 0)
     goto out;
   opts->command_timeout_ms = (uint32_t)v;
+  rc = dibba_config_str(cfg, "redis.sentinel_user", NULL, &opts->sentinel_user, err, errlen);
+  if (rc < 0)
+    goto out;
+  rc = dibba_config_str(cfg, "redis.sentinel_password", NULL, &opts->sentinel_password, err, errlen);
+  if (rc < 0)
+    goto out;
+  rc = dibba_config_int(cfg, "redis.sentinel_timeout_ms", 500, 1, 600000, &v, err, errlen);
+  if (rc < 0)
+    goto out;
+  opts->sentinel_timeout_ms = (uint32_t)v;
 out:
   return rc;
 }
@@ -913,3 +1121,12 @@ const char *dibba_redis_last_error(const dibba_redis_t *r) { return r->last_erro
 void *dibba_redis_data(const dibba_redis_t *r) { return r->data; }
 uv_loop_t *dibba_redis_loop(const dibba_redis_t *r) { return r->loop; }
 const dibba_redis_addr_t *dibba_redis_addr(const dibba_redis_t *r) { return &r->addr; }
+int dibba_redis_wait_acked(const dibba_redis_t *r) { return r->wait_acked; }
+
+int dibba_redis_current(const dibba_redis_t *r, const char **ip, int *port) {
+  if (r->state != ST_READY)
+    return -ENOTCONN;
+  *ip = r->cur_path ? r->cur_path : r->cur_ip;
+  *port = r->cur_port;
+  return 0;
+}

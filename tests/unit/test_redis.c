@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ typedef struct {
   int port;
   pid_t pid;
   int acl;
+  int replica_of; /* port of the master to replicate from, or 0 */
 } srv_t;
 
 static int free_port(void) {
@@ -71,6 +73,8 @@ static void srv_spawn(srv_t *s) {
                           "always",
                           "--enable-debug-command",
                           "yes",
+                          "--repl-diskless-sync-delay",
+                          "0",
                           "--daemonize",
                           "no"};
   int n = 0;
@@ -80,6 +84,13 @@ static void srv_spawn(srv_t *s) {
     const char *more[] = {"--user", "dibba", "on", ">secret", "~*", "&*", "+@all", "--user", "default", "off"};
     for (size_t i = 0; i < sizeof more / sizeof *more; i++)
       argv[n++] = more[i];
+  }
+  char mport[16];
+  if (s->replica_of) {
+    snprintf(mport, sizeof mport, "%d", s->replica_of);
+    argv[n++] = "--replicaof";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = mport;
   }
   argv[n] = NULL;
   pid_t pid = fork();
@@ -114,10 +125,11 @@ static void srv_spawn(srv_t *s) {
   ck_abort_msg("redis-server did not start");
 }
 
-static void srv_start(srv_t *s, int acl) {
+static void srv_start_replica(srv_t *s, int acl, int replica_of) {
   static int n;
   memset(s, 0, sizeof *s);
   s->acl = acl;
+  s->replica_of = replica_of;
   snprintf(s->dir, sizeof s->dir, "%s/t%d-%d", root, (int)getpid(), n++);
   ck_assert_int_eq(mkdir(s->dir, 0700), 0);
   snprintf(s->sock, sizeof s->sock, "%s/redis.sock", s->dir);
@@ -126,6 +138,8 @@ static void srv_start(srv_t *s, int acl) {
   snprintf(s->url_unix, sizeof s->url_unix, "unix://%s", s->sock);
   srv_spawn(s);
 }
+
+static void srv_start(srv_t *s, int acl) { srv_start_replica(s, acl, 0); }
 
 static void srv_kill(srv_t *s) {
   if (s->pid > 0) {
@@ -211,13 +225,17 @@ static void store_cb(dibba_redis_t *r, int status, redisReply *reply, void *data
 typedef struct {
   int connects, failures, disconnects, closed;
   int last_fail, last_disc;
+  uint64_t connected_at;
 } ev_t;
+
+static uint64_t now_ms(void);
 
 static void ev_connect(dibba_redis_t *r, int status, void *data) {
   ev_t *e = data;
-  if (status == 0)
+  if (status == 0) {
     e->connects++;
-  else {
+    e->connected_at = now_ms();
+  } else {
     e->failures++;
     e->last_fail = status;
   }
@@ -300,6 +318,19 @@ START_TEST(url_table) {
       {"unix:///s?db=x", 0, 0, NULL, 0, 0, NULL, NULL},
       {"unix:///s?foo=1", 0, 0, NULL, 0, 0, NULL, NULL},
       {"unix:///s?db", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,b:2/m", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://u:p%2F@[::1]:5,h/my%20m/3", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 3, "u", "p/"},
+      {"redis+sentinel://h/m?sentinel_password=s3&sentinel_user=su", 1, DIBBA_REDIS_SENTINEL, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://h", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://h/", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel:///m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,,b/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a:0/m", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m/x", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m?db=1", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a/m?sentinel_password=", 0, 0, NULL, 0, 0, NULL, NULL},
+      {"redis+sentinel://a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a,a/m", 0, 0, NULL, 0, 0, NULL, NULL},
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
     dibba_redis_addr_t a;
@@ -313,7 +344,8 @@ START_TEST(url_table) {
     }
     ck_assert_msg(rc == 0, "%s: %s", t[i].url, err);
     ck_assert_int_eq(a.kind, t[i].kind);
-    ck_assert_str_eq(a.kind == DIBBA_REDIS_TCP ? a.host : a.path, t[i].host_or_path);
+    if (a.kind != DIBBA_REDIS_SENTINEL)
+      ck_assert_str_eq(a.kind == DIBBA_REDIS_TCP ? a.host : a.path, t[i].host_or_path);
     if (a.kind == DIBBA_REDIS_TCP)
       ck_assert_int_eq(a.port, t[i].port);
     ck_assert_int_eq(a.db, t[i].db);
@@ -322,6 +354,25 @@ START_TEST(url_table) {
     dibba_redis_addr_free(&a);
     dibba_redis_addr_free(&a);
   }
+  /* The sentinel fields. */
+  dibba_redis_addr_t a;
+  char err[256];
+  ck_assert_int_eq(dibba_redis_url_parse("redis+sentinel://u:p%2F@[::1]:5,h/my%20m/3", &a, err, sizeof err), 0);
+  ck_assert_uint_eq(a.nsentinels, 2);
+  ck_assert_str_eq(a.sentinels[0].host, "::1");
+  ck_assert_int_eq(a.sentinels[0].port, 5);
+  ck_assert_str_eq(a.sentinels[1].host, "h");
+  ck_assert_int_eq(a.sentinels[1].port, 26379);
+  ck_assert_str_eq(a.master_name, "my m");
+  ck_assert_ptr_null(a.host);
+  dibba_redis_addr_free(&a);
+  ck_assert_int_eq(
+      dibba_redis_url_parse("redis+sentinel://h/m?sentinel_password=s3&sentinel_user=su", &a, err, sizeof err), 0);
+  ck_assert_str_eq(a.sentinel_user, "su");
+  ck_assert_str_eq(a.sentinel_password, "s3");
+  ck_assert_ptr_null(a.password);
+  dibba_redis_addr_free(&a);
+  dibba_redis_addr_free(&a);
 }
 END_TEST
 
@@ -335,6 +386,8 @@ START_TEST(config_options) {
   ck_assert_str_eq(o.url, "unix:///tmp/x.sock?db=2");
   ck_assert_uint_eq(o.connect_timeout_ms, 3000);
   ck_assert_uint_eq(o.command_timeout_ms, 5000);
+  ck_assert_uint_eq(o.sentinel_timeout_ms, 500);
+  ck_assert_ptr_null(o.sentinel_password);
   dibba_config_free(&cfg);
   unsetenv("DIBBA_REDIS_URL");
   /* A bad URL is refused at creation with a message. */
@@ -857,6 +910,464 @@ START_TEST(resolver_paths) {
 }
 END_TEST
 
+/* ---- Sentinel mode ---- */
+
+/* A synchronous command on a loopback port (test set-up only). NULL when it cannot connect. */
+static redisReply *sync_cmd(int port, const char *fmt, ...) {
+  struct timeval tv = {0, 300000};
+  redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+  if (c == NULL || c->err) {
+    if (c)
+      redisFree(c);
+    return NULL;
+  }
+  redisSetTimeout(c, tv);
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *rep = redisvCommand(c, fmt, ap);
+  va_end(ap);
+  redisFree(c);
+  return rep;
+}
+
+/* 1 when the INFO section of the server on port contains needle. */
+static int info_has(int port, const char *section, const char *needle) {
+  redisReply *rep = sync_cmd(port, "INFO %s", section);
+  int ok = rep && rep->type == REDIS_REPLY_STRING && strstr(rep->str, needle) != NULL;
+  if (rep)
+    freeReplyObject(rep);
+  return ok;
+}
+
+/* Poll (sleeping, outside any loop) until the replica on port is in sync with its master. */
+static void wait_replica_online(int master_port) {
+  for (int i = 0; i < 500 && !info_has(master_port, "replication", "state=online"); i++)
+    usleep(10000);
+  ck_assert_msg(info_has(master_port, "replication", "state=online"), "replica never came online");
+}
+
+/* A resolver whose target port the test moves around. */
+static int role_target;
+static int to_port(dibba_redis_t *r, const dibba_redis_addr_t *addr, dibba_redis_resolve_done done, void *data) {
+  dibba_redis_target_t t = {.kind = DIBBA_REDIS_TCP, .ip = "127.0.0.1", .port = role_target};
+  done(r, 0, &t);
+  return 0;
+}
+
+typedef struct {
+  res_t res;
+  int acked;
+} wres_t;
+
+static void wait_cb(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  wres_t *w = data;
+  w->acked = dibba_redis_wait_acked(r);
+  store_cb(r, status, reply, &w->res);
+}
+
+/* Sentinel-mode checks that need no sentinel: ROLE before ready, READONLY → reconnect at once, WAIT. */
+START_TEST(role_readonly_wait) {
+  srv_t a, b;
+  srv_start(&a, 0);
+  srv_start_replica(&b, 0, a.port);
+  wait_replica_online(a.port);
+  loop_setup();
+  /* A user resolver with a sentinel URL: no sentinel is asked, but only a master may become ready. */
+  dibba_redis_resolver_t res = {.resolve = to_port};
+  dibba_redis_options_t o = {.resolver = &res, .backoff_base_ms = 100, .backoff_cap_ms = 300};
+  ev_t ev = {0};
+  role_target = b.port;
+  dibba_redis_t *r = client("redis+sentinel://127.0.0.1:1/mymaster", &ev, &o);
+  WAIT(ev.failures >= 2, 5000);
+  ck_assert_int_eq(ev.connects, 0);
+  ck_assert_int_eq(ev.last_fail, DIBBA_REDIS_ENOTMASTER);
+  ck_assert_ptr_nonnull(strstr(dibba_redis_last_error(r), "slave"));
+  role_target = a.port;
+  WAIT(ev.connects == 1, 5000);
+  const char *ip;
+  int port;
+  ck_assert_int_eq(dibba_redis_current(r, &ip, &port), 0);
+  ck_assert_str_eq(ip, "127.0.0.1");
+  ck_assert_int_eq(port, a.port);
+  ck_assert_int_eq(dibba_redis_wait_acked(r), -1);
+
+  /* WAIT in the same pipeline: one replica acknowledges; asking for two times out into DIBBA_REDIS_EWAIT. */
+  wres_t w1 = {0}, w2 = {0}, w3 = {0};
+  dibba_redis_cmd_opts_t wo = {.flags = DIBBA_REDIS_WAIT_REPLICAS, .wait_replicas = 1, .wait_timeout_ms = 1000};
+  ck_assert_int_eq(dibba_redis_command(r, wait_cb, &w1, &wo, "INCR ctr"), 0);
+  WAIT(w1.res.called == 1, 5000);
+  ck_assert_int_eq(w1.res.status, 0);
+  ck_assert_int_eq(w1.res.type, REDIS_REPLY_INTEGER);
+  ck_assert_int_eq(w1.res.integer, 1);
+  ck_assert_int_eq(w1.acked, 1);
+  dibba_redis_cmd_opts_t wo2 = {.flags = DIBBA_REDIS_WAIT_REPLICAS, .wait_replicas = 2, .wait_timeout_ms = 100};
+  const char *i1[] = {"INCR", "ctr"};
+  dibba_redis_argv_t tx[] = {{2, i1, NULL}, {2, i1, NULL}};
+  ck_assert_int_eq(dibba_redis_multi(r, wait_cb, &w2, &wo2, 2, tx), 0);
+  WAIT(w2.res.called == 1, 5000);
+  ck_assert_int_eq(w2.res.status, DIBBA_REDIS_EWAIT);
+  ck_assert_int_eq(w2.res.type, REDIS_REPLY_ARRAY);
+  ck_assert_uint_eq(w2.res.elements, 2);
+  ck_assert_int_eq(w2.acked, 1);
+  /* An error reply stays an error reply. */
+  ck_assert_int_eq(dibba_redis_command(r, wait_cb, &w3, &wo, "LPUSH ctr x"), 0);
+  WAIT(w3.res.called == 1, 5000);
+  ck_assert_int_eq(w3.res.status, DIBBA_REDIS_EREPLY);
+  ck_assert_ptr_nonnull(strstr(w3.res.str, "WRONGTYPE"));
+
+  /* Demote a behind the client's back (b takes over): the next write gets READONLY, the client drops the
+   * connection with DIBBA_REDIS_ENOTMASTER and re-resolves at once (no backoff), and ROLE keeps it off a. */
+  redisReply *rep = sync_cmd(b.port, "REPLICAOF NO ONE");
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
+  rep = sync_cmd(a.port, "REPLICAOF 127.0.0.1 %d", b.port);
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
+  res_t ro = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &ro, NULL, "SET k v"), 0);
+  WAIT(ro.called == 1 && ev.disconnects == 1, 5000);
+  ck_assert_int_eq(ro.status, DIBBA_REDIS_EREPLY);
+  ck_assert_ptr_nonnull(strstr(ro.str, "READONLY"));
+  ck_assert_int_eq(ev.last_disc, DIBBA_REDIS_ENOTMASTER);
+  int before = ev.failures;
+  WAIT(ev.failures > before, 2000);
+  ck_assert_int_eq(ev.last_fail, DIBBA_REDIS_ENOTMASTER);
+  role_target = b.port;
+  WAIT(ev.connects == 2, 5000);
+  wres_t w4 = {0};
+  ck_assert_int_eq(dibba_redis_command(r, wait_cb, &w4, &wo, "INCR ctr"), 0);
+  WAIT(w4.res.called == 1, 5000);
+  ck_assert_int_eq(w4.res.status, 0);
+  ck_assert_int_eq(w4.res.integer, 4); /* b had every acknowledged increment */
+  close_client(r, &ev);
+  loop_teardown();
+  srv_stop(&b);
+  srv_stop(&a);
+}
+END_TEST
+
+/* Close while a sentinel question is pending (the sentinel accepts but never answers): every probe and the
+ * +switch-master subscription are closed, nothing leaks, and the loop closes. */
+START_TEST(sentinel_close_midway) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(listen(lfd, 16), 0);
+  ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+  char url[128];
+  snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d/mymaster?sentinel_password=pw", ntohs(a.sin_port));
+  loop_setup();
+  ev_t ev = {0};
+  dibba_redis_options_t o = {.sentinel_timeout_ms = 5000, .connect_timeout_ms = 8000};
+  dibba_redis_t *r = client(url, &ev, &o);
+  subev_t se = {0};
+  dibba_redis_sub_options_t so = {.conn = o, .on_message = on_msg, .data = &se};
+  so.conn.url = url;
+  dibba_redis_sub_t *sub = NULL;
+  char err[256];
+  ck_assert_int_eq(dibba_redis_sub_new(&loop, &so, &sub, err, sizeof err), 0);
+  res_t q = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &q, &queue_opts, "PING"), 0);
+  RUN_UNTIL(0, 300);
+  ck_assert(!dibba_redis_is_ready(r));
+  uint64_t t0 = now_ms();
+  ck_assert_int_eq(dibba_redis_sub_close(sub, sub_closed), 0);
+  close_client(r, &ev);
+  WAIT(se.closed == 1, 5000);
+  ck_assert_uint_lt(now_ms() - t0, 1000);
+  ck_assert_int_eq(q.status, UV_ECANCELED);
+  ck_assert_int_eq(ev.connects + ev.failures, 0);
+  loop_teardown();
+  close(lfd);
+}
+END_TEST
+
+typedef struct {
+  char dir[256];
+  char conf[300];
+  int port;
+  pid_t pid;
+} sen_t;
+
+static void sen_spawn(sen_t *s) {
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    execlp("redis-server", "redis-server", s->conf, "--sentinel", (char *)NULL);
+    _exit(127);
+  }
+  s->pid = pid;
+  for (int i = 0; i < 500; i++) {
+    redisReply *rep = sync_cmd(s->port, "PING");
+    if (rep) {
+      freeReplyObject(rep);
+      return;
+    }
+    int st;
+    ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0, "redis-sentinel exited during start");
+    usleep(10000);
+  }
+  ck_abort_msg("redis-sentinel did not start");
+}
+
+static void sen_start(sen_t *s, int master_port) {
+  static int n;
+  memset(s, 0, sizeof *s);
+  snprintf(s->dir, sizeof s->dir, "%s/s%d-%d", root, (int)getpid(), n++);
+  ck_assert_int_eq(mkdir(s->dir, 0700), 0);
+  snprintf(s->conf, sizeof s->conf, "%.250s/sentinel.conf", s->dir);
+  s->port = free_port();
+  FILE *f = fopen(s->conf, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f,
+          "port %d\nbind 127.0.0.1\ndaemonize no\ndir %s\nlogfile %s/sentinel.log\n"
+          "sentinel monitor mymaster 127.0.0.1 %d 2\n"
+          "sentinel down-after-milliseconds mymaster 1000\n"
+          "sentinel failover-timeout mymaster 3000\n"
+          "sentinel parallel-syncs mymaster 1\n",
+          s->port, s->dir, s->dir, master_port);
+  fclose(f);
+  sen_spawn(s);
+}
+
+static void sen_kill(sen_t *s) {
+  if (s->pid > 0) {
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+  }
+}
+
+/* Number of elements of an array reply to SENTINEL <what> mymaster, or -1. */
+static int sentinel_count(int port, const char *what) {
+  redisReply *rep = sync_cmd(port, "SENTINEL %s mymaster", what);
+  int n = rep && rep->type == REDIS_REPLY_ARRAY ? (int)rep->elements : -1;
+  if (rep)
+    freeReplyObject(rep);
+  return n;
+}
+
+/* A stream of INCRs, one at a time, each with WAIT 1 in the same pipeline. */
+typedef struct {
+  dibba_redis_t *r;
+  uv_timer_t next;
+  int running, inflight;
+  int ok, ewait, reset, timedout, other, last_other;
+  int ok_after_kill;
+  long long last_value, max_acked;
+  int regressions;      /* a reply value not above the previous one: an increment was lost */
+  uint64_t kill_at;     /* when the master was killed */
+  uint64_t first_after; /* first reply from the new master */
+} stream_t;
+
+static void stream_send(uv_timer_t *t);
+
+static void stream_cb(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  stream_t *st = data;
+  st->inflight = 0;
+  if ((status == 0 || status == DIBBA_REDIS_EWAIT) && reply && reply->type == REDIS_REPLY_INTEGER) {
+    if (reply->integer <= st->last_value)
+      st->regressions++;
+    st->last_value = reply->integer;
+    if (status == 0) {
+      st->ok++;
+      st->max_acked = reply->integer;
+      ck_assert_int_ge(dibba_redis_wait_acked(r), 1);
+    } else {
+      st->ewait++;
+    }
+    if (st->kill_at) {
+      st->ok_after_kill++;
+      if (st->first_after == 0)
+        st->first_after = now_ms();
+    }
+  } else if (status == UV_ECONNRESET) {
+    st->reset++;
+  } else if (status == UV_ETIMEDOUT) {
+    st->timedout++;
+  } else {
+    st->other++;
+    st->last_other = status;
+  }
+  if (st->running)
+    uv_timer_start(&st->next, stream_send, 1, 0);
+}
+
+static void stream_send(uv_timer_t *t) {
+  stream_t *st = t->data;
+  if (!st->running || st->inflight)
+    return;
+  dibba_redis_cmd_opts_t o = {.timeout_ms = 1000,
+                              .flags = DIBBA_REDIS_QUEUE | DIBBA_REDIS_WAIT_REPLICAS,
+                              .wait_replicas = 1,
+                              .wait_timeout_ms = 100};
+  int rc = dibba_redis_command(st->r, stream_cb, st, &o, "INCR stream");
+  if (rc == 0)
+    st->inflight = 1;
+  else
+    uv_timer_start(&st->next, stream_send, 10, 0);
+}
+
+static void on_switch_event(dibba_redis_sub_t *s, const dibba_redis_sub_msg_t *m, void *data) {
+  if (m->kind == DIBBA_REDIS_SUB_MESSAGE && *(uint64_t *)data == 0)
+    *(uint64_t *)data = now_ms();
+}
+
+START_TEST(sentinel_failover) {
+  uint64_t t_start = now_ms();
+  srv_t m, rep;
+  sen_t sen[3];
+  srv_start(&m, 0);
+  srv_start_replica(&rep, 0, m.port);
+  wait_replica_online(m.port);
+  for (int i = 0; i < 3; i++)
+    sen_start(&sen[i], m.port);
+  /* Every sentinel must know the replica and the two other sentinels (hello messages, every 2 s). */
+  for (int i = 0; i < 3; i++) {
+    uint64_t end = now_ms() + 15000;
+    while ((sentinel_count(sen[i].port, "replicas") < 1 || sentinel_count(sen[i].port, "sentinels") < 2) &&
+           now_ms() < end)
+      usleep(50000);
+    ck_assert_int_eq(sentinel_count(sen[i].port, "replicas"), 1);
+    ck_assert_int_eq(sentinel_count(sen[i].port, "sentinels"), 2);
+    fprintf(stderr, "sentinel: sentinel %d ready after %llu ms\n", i, (unsigned long long)(now_ms() - t_start));
+  }
+  fprintf(stderr, "sentinel: topology ready after %llu ms\n", (unsigned long long)(now_ms() - t_start));
+  loop_setup();
+  char url[512];
+  /* The first sentinel in the list is a dead port: the resolver moves on to the next one. */
+  int dead = free_port();
+  snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/mymaster", dead,
+           sen[0].port, sen[1].port, sen[2].port);
+  /* A long backoff: only the +switch-master event can bring the client over quickly. */
+  dibba_redis_options_t o = {.backoff_base_ms = 20000, .backoff_cap_ms = 20000, .sentinel_timeout_ms = 300};
+  ev_t ev = {0};
+  dibba_redis_t *r = client(url, &ev, &o);
+  WAIT(ev.connects == 1, 5000);
+  const char *ip;
+  int port;
+  ck_assert_int_eq(dibba_redis_current(r, &ip, &port), 0);
+  ck_assert_int_eq(port, m.port);
+  /* A subscriber on the master, through the sentinels too. */
+  subev_t se = {0};
+  dibba_redis_sub_options_t so = {.conn = o, .on_message = on_msg, .on_resubscribed = on_resub, .data = &se};
+  so.conn.url = url;
+  dibba_redis_sub_t *sub = NULL;
+  char err[256];
+  ck_assert_int_eq(dibba_redis_sub_new(&loop, &so, &sub, err, sizeof err), 0);
+  ck_assert_int_eq(dibba_redis_sub_subscribe(sub, "news", 4), 0);
+  WAIT(se.resubscribed == 1, 5000);
+  /* The test's own view of the failover, for timing. */
+  uint64_t switch_at = 0;
+  char surl[64];
+  snprintf(surl, sizeof surl, "redis://127.0.0.1:%d", sen[0].port);
+  dibba_redis_sub_options_t wo = {.conn = {.url = surl}, .on_message = on_switch_event, .data = &switch_at};
+  dibba_redis_sub_t *watch = NULL;
+  ck_assert_int_eq(dibba_redis_sub_new(&loop, &wo, &watch, err, sizeof err), 0);
+  ck_assert_int_eq(dibba_redis_sub_subscribe(watch, "+switch-master", 14), 0);
+
+  stream_t st = {.r = r, .running = 1};
+  uv_timer_init(&loop, &st.next);
+  st.next.data = &st;
+  uv_timer_start(&st.next, stream_send, 0, 0);
+  WAIT(st.ok >= 50, 5000);
+  ck_assert_int_eq(st.ewait, 0);
+  res_t p1 = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &p1, NULL, "PUBLISH news before"), 0);
+  WAIT(se.messages == 1, 5000);
+
+  /* kill -9 the master while INCRs keep flowing. */
+  int ok_before = st.ok;
+  st.kill_at = now_ms();
+  srv_kill(&m);
+  WAIT(dibba_redis_current(r, &ip, &port) == 0 && port == rep.port && st.ok_after_kill >= 20, 20000);
+  WAIT(switch_at != 0, 5000);
+  ck_assert_int_eq(ev.connects, 2);
+  int64_t ready_after_event = (int64_t)ev.connected_at - (int64_t)switch_at;
+  fprintf(stderr,
+          "sentinel: killed master; +switch-master after %llu ms; client ready on the new master %lld ms after the "
+          "event (its backoff is 20 s); first INCR reply there %llu ms after the kill\n",
+          (unsigned long long)(switch_at - st.kill_at), (long long)ready_after_event,
+          (unsigned long long)(st.first_after - st.kill_at));
+  ck_assert_int_lt(ready_after_event, 1000);
+  st.running = 0;
+  WAIT(!st.inflight, 5000);
+  ck_assert_int_eq(dibba_redis_current(r, &ip, &port), 0);
+  ck_assert_int_eq(port, rep.port);
+  res_t get = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &get, NULL, "GET stream"), 0);
+  WAIT(get.called == 1, 5000);
+  ck_assert_int_eq(get.status, 0);
+  long long final = atoll(get.str);
+  int replied = st.ok + st.ewait, ambiguous = st.reset + st.timedout;
+  fprintf(stderr,
+          "sentinel: INCRs ok(WAIT 1 acked)=%d (before kill %d) applied-unreplicated(EWAIT)=%d "
+          "ECONNRESET=%d ETIMEDOUT=%d other=%d; final counter %lld, highest WAIT-acked value %lld\n",
+          st.ok, ok_before, st.ewait, st.reset, st.timedout, st.other, final, st.max_acked);
+  ck_assert_int_eq(st.other, 0);
+  ck_assert_int_eq(st.regressions, 0); /* no reply value came back twice: nothing acknowledged was lost */
+  ck_assert_int_ge(final, st.max_acked);
+  /* Every replied INCR is in the counter; at most the ambiguous ones (reply lost) come on top. */
+  ck_assert_int_ge(final, replied);
+  ck_assert_int_le(final, replied + ambiguous);
+  ck_assert_int_ge(ambiguous, 1); /* the switch was not free: at least the in-flight INCR failed */
+
+  /* The subscriber followed the master and resubscribed. */
+  WAIT(se.resubscribed >= 2, 10000);
+  res_t p2 = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &p2, NULL, "PUBLISH news after"), 0);
+  WAIT(se.messages == 2, 5000);
+  ck_assert_int_eq(p2.integer, 1);
+  ck_assert_int_eq(memcmp(se.last_payload, "after", 5), 0);
+
+  /* All sentinels down: a new client backs off (no hot loop) and recovers when one sentinel returns. */
+  for (int i = 0; i < 3; i++)
+    sen_kill(&sen[i]);
+  ev_t e2 = {0};
+  dibba_redis_options_t o2 = {.backoff_base_ms = 50, .backoff_cap_ms = 400, .sentinel_timeout_ms = 200};
+  dibba_redis_t *r2 = client(url, &e2, &o2);
+  uint64_t t0 = now_ms();
+  RUN_UNTIL(0, 2000);
+  fprintf(stderr, "sentinel: all sentinels down: %d failed attempts in %llu ms (last: %s)\n", e2.failures,
+          (unsigned long long)(now_ms() - t0), dibba_redis_strerror(e2.last_fail));
+  ck_assert_int_eq(e2.connects, 0);
+  ck_assert_int_ge(e2.failures, 2);
+  ck_assert_int_le(e2.failures, 40);
+  ck_assert_int_eq(e2.last_fail, UV_ECONNREFUSED);
+  sen_spawn(&sen[2]); /* the last one in the list; its rewritten config names the new master */
+  t0 = now_ms();
+  WAIT(e2.connects == 1, 10000);
+  fprintf(stderr, "sentinel: recovered %llu ms after one sentinel returned\n", (unsigned long long)(now_ms() - t0));
+  ck_assert_int_eq(dibba_redis_current(r2, &ip, &port), 0);
+  ck_assert_int_eq(port, rep.port);
+  /* The first client never lost the new master. */
+  res_t ping = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, NULL, "PING"), 0);
+  WAIT(ping.called == 1, 5000);
+  ck_assert_int_eq(ping.status, 0);
+
+  close_client(r2, &e2);
+  uv_close((uv_handle_t *)&st.next, NULL);
+  ck_assert_int_eq(dibba_redis_sub_close(watch, NULL), 0);
+  ck_assert_int_eq(dibba_redis_sub_close(sub, sub_closed), 0);
+  WAIT(se.closed == 1, 5000);
+  close_client(r, &ev);
+  loop_teardown();
+  for (int i = 0; i < 3; i++) {
+    sen_kill(&sen[i]);
+    rm_tree(sen[i].dir);
+  }
+  srv_stop(&rep);
+  srv_stop(&m);
+  fprintf(stderr, "sentinel: test took %llu ms\n", (unsigned long long)(now_ms() - t_start));
+}
+END_TEST
+
 static Suite *redis_suite(void) {
   Suite *s = suite_create("redis");
   TCase *tc = tcase_create("redis");
@@ -873,7 +1384,13 @@ static Suite *redis_suite(void) {
   tcase_add_test(tc, queue_limits_and_connect_errors);
   tcase_add_test(tc, graceful_close);
   tcase_add_test(tc, resolver_paths);
+  tcase_add_test(tc, role_readonly_wait);
+  tcase_add_test(tc, sentinel_close_midway);
   suite_add_tcase(s, tc);
+  TCase *ts = tcase_create("sentinel");
+  tcase_set_timeout(ts, 90);
+  tcase_add_test(ts, sentinel_failover);
+  suite_add_tcase(s, ts);
   return s;
 }
 

@@ -13,13 +13,27 @@
 
 /* A Redis error reply (type REDIS_REPLY_ERROR) was received; the reply is passed along so its text can be read. */
 #define DIBBA_REDIS_EREPLY (-5101)
+/* Sentinel mode: the server is not (or no longer) the master: ROLE said replica, a write got READONLY, or the
+ * sentinels announced a failover (+switch-master). The client re-resolves through the sentinels. */
+#define DIBBA_REDIS_ENOTMASTER (-5102)
+/* DIBBA_REDIS_WAIT_REPLICAS: the command ran (its reply is passed along) but fewer replicas than asked
+ * acknowledged it within the WAIT timeout; see "What a failover can lose" below. */
+#define DIBBA_REDIS_EWAIT (-5103)
 
 /* Name for any status this module hands out (DIBBA_REDIS_EREPLY, UV_E*, errno, DIBBA_E*). Static string. */
 const char *dibba_redis_strerror(int status);
 
 /* ---- Addresses ---------------------------------------------------------------------------------------- */
 
-typedef enum { DIBBA_REDIS_TCP = 1, DIBBA_REDIS_UNIX = 2 } dibba_redis_kind_t;
+typedef enum { DIBBA_REDIS_TCP = 1, DIBBA_REDIS_UNIX = 2, DIBBA_REDIS_SENTINEL = 3 } dibba_redis_kind_t;
+
+/* One sentinel of a DIBBA_REDIS_SENTINEL address. */
+typedef struct dibba_redis_hostport_s {
+  char *host; /* host name or IP literal (brackets stripped for IPv6) */
+  int port;   /* default 26379 */
+} dibba_redis_hostport_t;
+
+#define DIBBA_REDIS_SENTINELS_MAX 16
 
 /* A parsed address. All strings are malloc'd and owned by the struct (dibba_redis_addr_free). */
 typedef struct dibba_redis_addr_s {
@@ -27,12 +41,20 @@ typedef struct dibba_redis_addr_s {
   char *host;     /* TCP: host name or IP literal (brackets stripped for IPv6) */
   int port;       /* TCP: 1..65535, default 6379 */
   char *path;     /* UNIX: socket path */
-  char *user;     /* ACL user, percent-decoded, or NULL */
+  char *user;     /* ACL user, percent-decoded, or NULL (SENTINEL: for the master, not the sentinels) */
   char *password; /* percent-decoded, or NULL; never logged */
   int db;         /* 0..(2^31-1), default 0 */
+  /* SENTINEL only (NULL / 0 otherwise): */
+  char *master_name;                 /* the name the sentinels monitor, percent-decoded */
+  dibba_redis_hostport_t *sentinels; /* 1..DIBBA_REDIS_SENTINELS_MAX, asked in this order */
+  size_t nsentinels;
+  char *sentinel_user;     /* AUTH for the sentinels (query sentinel_user=), or NULL */
+  char *sentinel_password; /* (query sentinel_password=), or NULL; never logged */
 } dibba_redis_addr_t;
 
-/* Parse redis://[user[:pass]@]host[:port][/db], unix:///path[?db=N], unix:/path, redis+unix:///path.
+/* Parse redis://[user[:pass]@]host[:port][/db], unix:///path[?db=N], unix:/path, redis+unix:///path, and
+ * redis+sentinel://[user:pass@]host1[:port1],host2[:port2],.../MASTERNAME[/db][?sentinel_user=U&sentinel_password=P]
+ * (sentinel ports default to 26379, IPv6 hosts in brackets; user:pass and db are for the master).
  * The unix forms also accept user=, password= query parameters. On success fills out (free it with
  * dibba_redis_addr_free). Returns -EINVAL with a one-line reason in err (never containing the password). */
 int dibba_redis_url_parse(const char *url, dibba_redis_addr_t *out, char *err, size_t errlen);
@@ -85,11 +107,42 @@ typedef struct dibba_redis_options_s {
   uint32_t close_grace_ms;     /* how long dibba_redis_close lets in-flight commands finish; 0: 2000 */
   dibba_redis_event_cb on_connect;
   dibba_redis_event_cb on_disconnect;
-  const dibba_redis_resolver_t *resolver; /* NULL: built-in (URL host via uv_getaddrinfo, or unix path) */
+  const dibba_redis_resolver_t *resolver; /* NULL: built-in (URL host via uv_getaddrinfo, or unix path, or
+                                             the Sentinel resolver for redis+sentinel:// URLs) */
   void *data;                             /* user pointer passed to every callback */
+  /* Sentinel mode (redis+sentinel:// URLs); ignored otherwise. Both strings override the URL's; copied. */
+  const char *sentinel_user;
+  const char *sentinel_password;
+  uint32_t sentinel_timeout_ms; /* per sentinel: connect + answer; 0: 500 */
 } dibba_redis_options_t;
 
-/* Fill opts from cfg: redis.url (env DIBBA_REDIS_URL), redis.connect_timeout_ms, redis.command_timeout_ms.
+/* Sentinel mode (url redis+sentinel://...). Each attempt runs the Sentinel resolver: it asks the sentinels in
+ * URL order, one at a time, SENTINEL get-master-addr-by-name (each within sentinel_timeout_ms); the first
+ * address wins. After AUTH and SELECT the client sends ROLE and the connection only becomes ready if the
+ * server says "master"; a replica fails the attempt with DIBBA_REDIS_ENOTMASTER (backoff, then ask again).
+ * The client also keeps a subscription to +switch-master on one sentinel (moving along the list when that
+ * one fails; on every resubscribe it asks the sentinels again, since events are lost while disconnected).
+ * When the master is switched it drops the connection (on_disconnect gets DIBBA_REDIS_ENOTMASTER; in-flight
+ * commands fail with UV_ECONNRESET and are never re-sent) and connects to the announced master at once,
+ * without backoff. A READONLY error reply does the same (a master demoted without an event). A
+ * dibba_redis_sub_t with a sentinel URL follows the master the same way and resubscribes as usual.
+ * Costs: one extra connection per client for the +switch-master subscription, one short-lived sentinel
+ * connection per question. The ACL user of the master needs +role.
+ *
+ * What a failover can lose. Replication is asynchronous: a write is acknowledged by the master before any
+ * replica has it. If the master dies, Sentinel promotes a replica, and every acknowledged write that had not
+ * reached that replica is gone (the counter goes back). DIBBA_REDIS_WAIT_REPLICAS narrows the window: a
+ * command that completes with status 0 was acknowledged by at least wait_replicas replicas, and survives
+ * the promotion of any one of them. It is still not a guarantee: Sentinel may promote a replica that
+ * missed the write (for instance the only one it can reach, or when replicas > wait_replicas), WAIT does not
+ * make the write durable on disk, and a command that failed with UV_ECONNRESET / UV_ETIMEDOUT or
+ * DIBBA_REDIS_EWAIT may or may not have been applied, and may or may not survive (retry only what is
+ * idempotent). Writes made to an old master that was partitioned away are lost when it rejoins as a
+ * replica (min-replicas-to-write on the server bounds that). */
+
+/* Fill opts from cfg: redis.url (env DIBBA_REDIS_URL; may be a redis+sentinel:// URL),
+ * redis.connect_timeout_ms, redis.command_timeout_ms, and for Sentinel redis.sentinel_user,
+ * redis.sentinel_password, redis.sentinel_timeout_ms.
  * Other fields are zeroed (defaults). opts->url is owned by cfg. Returns 0 or DIBBA_ECONFIG with err. */
 int dibba_redis_options_from_config(const dibba_config_t *cfg, dibba_redis_options_t *opts, char *err, size_t errlen);
 
@@ -110,11 +163,18 @@ enum {
   DIBBA_REDIS_QUEUE = 1 << 0,
   /* No timeout for this command (and, since replies are ordered, for those sent after it). */
   DIBBA_REDIS_NO_TIMEOUT = 1 << 1,
+  /* Send WAIT wait_replicas wait_timeout_ms right behind the command (or the MULTI/EXEC batch), in the same
+   * pipeline. The callback gets the command's reply; status is DIBBA_REDIS_EWAIT (with that reply) when
+   * fewer replicas acknowledged. dibba_redis_wait_acked tells how many did. The WAIT time is added to the
+   * command's timeout. */
+  DIBBA_REDIS_WAIT_REPLICAS = 1 << 2,
 };
 
 typedef struct dibba_redis_cmd_opts_s {
-  uint32_t timeout_ms; /* 0: the client's command_timeout_ms. For BLPOP/XREAD BLOCK use block time + margin */
-  unsigned flags;      /* DIBBA_REDIS_QUEUE, DIBBA_REDIS_NO_TIMEOUT */
+  uint32_t timeout_ms;      /* 0: the client's command_timeout_ms. For BLPOP/XREAD BLOCK use block time + margin */
+  unsigned flags;           /* DIBBA_REDIS_QUEUE, DIBBA_REDIS_NO_TIMEOUT, DIBBA_REDIS_WAIT_REPLICAS */
+  uint32_t wait_replicas;   /* DIBBA_REDIS_WAIT_REPLICAS: how many replicas must acknowledge; 0: 1 */
+  uint32_t wait_timeout_ms; /* DIBBA_REDIS_WAIT_REPLICAS: WAIT's timeout; 0: 1000 */
 } dibba_redis_cmd_opts_t;
 
 /* Send a command (hiredis format: %s C string, %b binary pointer + size_t length). opts may be NULL.
@@ -157,6 +217,12 @@ int dibba_redis_is_ready(const dibba_redis_t *r);
 /* The last connection error as text ("" once ready); owned by r, overwritten by the next failure. Never a
  * password (server error texts such as WRONGPASS are kept). */
 const char *dibba_redis_last_error(const dibba_redis_t *r);
+/* Inside the callback of a DIBBA_REDIS_WAIT_REPLICAS command: how many replicas acknowledged it (WAIT's
+ * reply), or -1 when WAIT got no integer reply. Anywhere else: -1. */
+int dibba_redis_wait_acked(const dibba_redis_t *r);
+/* The address of the current ready connection (ip and port; for unix sockets the path and 0), or -ENOTCONN.
+ * In Sentinel mode this is the master in use. ip is owned by r and valid until the next reconnect. */
+int dibba_redis_current(const dibba_redis_t *r, const char **ip, int *port);
 /* The user pointer from the options. */
 void *dibba_redis_data(const dibba_redis_t *r);
 uv_loop_t *dibba_redis_loop(const dibba_redis_t *r);
