@@ -12,6 +12,7 @@
 #include "dibba/http.h"
 #include "dibba/redis.h"
 
+#include "aws.h"
 #include "tasks.h"
 
 typedef struct api_s {
@@ -26,6 +27,7 @@ typedef struct api_s {
   char *routing_key;
   size_t routing_key_len;
   api_tasks_t *tasks;
+  api_aws_t *aws; /* aws.c: EC2 instance routes (admin) */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, tasks, the echo WebSocket). */
+/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, tasks, aws, the echo WebSocket). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +200,10 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
                     &api->tasks, err, errlen);
   if (r < 0)
     return r;
+  r = api_aws_new(&d->cfg, api->redis, api->router, (const uint8_t *)api->routing_key, api->routing_key_len, &api->aws,
+                  err, errlen);
+  if (r < 0)
+    return r;
   dibba_http_server_set_metrics_hook(api->http, metrics_hook, api);
   dibba_http_server_set_response_hook(api->http, api_audit_response, api);
   raise_nofile();
@@ -247,6 +251,8 @@ static void on_http_done(dibba_http_server_t *s, void *data) {
   dibba_http_router_free(api->router);
   api->router = NULL;
   dibba_log_info("dibba-api", NULL, "http server stopped");
+  api_aws_close(api->aws);
+  api->aws = NULL;
   close_tasks(api);
   api->closes_pending--;
   api_maybe_finish(api);
@@ -300,8 +306,11 @@ static void api_stop(dibba_daemon_t *d) {
     dibba_http_router_free(api->router);
     api->router = NULL;
   }
-  if (api->http == NULL)
+  if (api->http == NULL) {
+    api_aws_close(api->aws);
+    api->aws = NULL;
     close_tasks(api);
+  }
   if (api->routing_key) {
     explicit_bzero(api->routing_key, api->routing_key_len);
     free(api->routing_key);

@@ -41,9 +41,32 @@ typedef struct worker_s {
   int64_t grace_ms;
   dibba_node_cpu_sample_t last_cpu;
   char *node_info_json;
+  json_t *plugin_cfgs; /* the config objects handed to plugins: they borrow them until the registry is freed */
 } worker_t;
 
 /* ---- plugins ---- */
+
+/* What plugin `base` sees as its config: "plugins.<base>", plus the daemon's own "<base>" section (aws.* with
+ * the AWS_* environment overrides) and "redis" section, unless "plugins.<base>" sets those keys itself. A
+ * plugin that reads the daemon's settings for its name (the aws plugin reads aws.* and redis.*) gets them
+ * whether or not the operator repeated them under plugins. The object is kept in w->plugin_cfgs. */
+static const json_t *plugin_config(worker_t *w, const char *base) {
+  const dibba_config_t *cfg = &w->d->cfg;
+  char key[128];
+  snprintf(key, sizeof key, "plugins.%s", base);
+  json_t *own = dibba_config_node(cfg, key);
+  json_t *out = json_is_object(own) ? json_copy(own) : json_object();
+  json_t *section = json_object_get(cfg->root, base);
+  json_t *redis = json_object_get(cfg->root, "redis");
+  if (json_is_object(section) && json_object_get(out, base) == NULL)
+    json_object_set(out, base, section);
+  if (json_is_object(redis) && json_object_get(out, "redis") == NULL)
+    json_object_set(out, "redis", redis);
+  if (w->plugin_cfgs == NULL)
+    w->plugin_cfgs = json_array();
+  json_array_append_new(w->plugin_cfgs, out);
+  return out;
+}
 
 static int resolve_plugin(const char *dir, const char *name, char *out, size_t len) {
   if (strchr(name, '/')) {
@@ -84,7 +107,7 @@ static int load_plugins(worker_t *w, char *err, size_t errlen) {
   size_t i;
   json_t *v;
   json_array_foreach(list, i, v) {
-    char path[PATH_MAX], e2[256], key[128];
+    char path[PATH_MAX], e2[256], base[64];
     const char *name = json_string_value(v);
     if (name == NULL) {
       rc = dibba_error_set(err, errlen, DIBBA_ECONFIG, "worker.plugins[%zu] is not a string", i);
@@ -94,9 +117,9 @@ static int load_plugins(worker_t *w, char *err, size_t errlen) {
       rc = dibba_error_set(err, errlen, -ENOENT, "plugin %s not found in %s", name, dir);
       break;
     }
-    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-    snprintf(key, sizeof key, "plugins.%.*s", (int)strcspn(base, "."), base);
-    if ((rc = dibba_plugin_load(&w->reg, path, dibba_config_node(cfg, key), e2, sizeof e2)) < 0) {
+    const char *file = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    snprintf(base, sizeof base, "%.*s", (int)strcspn(file, "."), file);
+    if ((rc = dibba_plugin_load(&w->reg, path, plugin_config(w, base), e2, sizeof e2)) < 0) {
       dibba_error_set(err, errlen, rc, "plugin %s: %s", path, e2);
       break;
     }
@@ -263,6 +286,8 @@ static int worker_start(dibba_daemon_t *d, char *err, size_t errlen) {
 
 static void release(worker_t *w) {
   dibba_task_registry_free(&w->reg);
+  json_decref(w->plugin_cfgs);
+  w->plugin_cfgs = NULL;
   dibba_task_key_free(&w->key);
   dibba_node_cpu_sample_free(&w->last_cpu);
   free(w->node_info_json);

@@ -10,6 +10,7 @@ TerminateInstances (shutting-down -> terminated after --pending-polls describes)
 Control endpoints (no signature):
   POST /_fault {"action": "RunInstances" | "*", "code": "...", "message": "...", "count": N, "status": 503}
   GET  /_state  -> {"instances": {...}, "calls": [...], "auth_failures": N, "faults": [...]}
+  POST /_clear_faults   (drops every fault still armed)
   POST /_reset
 
     python3 fake_ec2.py --port 0 --access-key AK --secret SK --region us-east-1   # prints "PORT <n>" on stdout
@@ -328,6 +329,10 @@ def make_handler(fake):
                 f.setdefault("count", 1)
                 with fake.lock:
                     fake.faults.append(f)
+                return self.send(200, "{}", "application/json")
+            if u.path == "/_clear_faults":
+                with fake.lock:
+                    fake.faults = []
                 return self.send(200, "{}", "application/json")
             if u.path == "/_reset":
                 with fake.lock:

@@ -87,7 +87,10 @@ struct dibba_plugin_ctx_s {
   uint32_t abi_version;
   const dibba_plugin_host_ops_t *ops;
   uv_loop_t *loop;
-  const json_t *config; /* "plugins.<name>" of the daemon config, or NULL; borrowed for the plugin's life */
+  /* dibba-worker: "plugins.<name>" of the daemon config, plus the daemon's "<name>" and "redis" sections when
+   * "plugins.<name>" does not set those keys (the aws plugin reads aws.* and redis.*). Other hosts (dibba-aws-run)
+   * may pass the whole config. May be NULL; borrowed for the plugin's life. */
+  const json_t *config;
   const char *hostname;
   void *data; /* the plugin's state: set by init, seen again by fini */
   void *host; /* private */
