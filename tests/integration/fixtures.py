@@ -1022,23 +1022,37 @@ class Daemon:
 
 # ---- leftovers check (used by tests and by tools/dev) ----
 
-def leftovers(session_dir=None):
-    """Things a test run could leave behind on this machine. Empty when clean."""
+def leftovers(ignore_live=False):
+    """Things a test run could leave behind on this machine. Empty when clean.
+
+    With ignore_live, whatever belongs to a run that is still alive (another test run on the same machine, the
+    caller's own session) is not counted: only what dead runs left behind is. CNI's per-container iptables
+    chains cannot be attributed to a run, so they are not counted while any run is alive."""
     found = []
+    live = live_sessions() if ignore_live else []
+    live_dirs = [d + "/" for d in live]
+    live_tags = [os.path.basename(d) for d in live]
+    live_ledgers = [l for d in live for l in _read_lines(os.path.join(d, "ledger"))]
+    live_subnets = {l.split()[1] for l in live_ledgers if l.startswith("subnet ")}
     for pid in pids_matching(RUN_ROOT + "/"):
-        found.append("process %d: %s" % (pid, proc_cmdline(pid)[:200]))
+        cmd = proc_cmdline(pid)
+        if not any(d in cmd for d in live_dirs):
+            found.append("process %d: %s" % (pid, cmd[:200]))
     for mp in mounts_under(RUN_ROOT):
-        found.append("mount %s" % mp)
+        if not any((mp + "/").startswith(d) for d in live_dirs):
+            found.append("mount %s" % mp)
     for name in (os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []):
-        if name.startswith(TEST_PREFIX + "-"):
+        if name.startswith(TEST_PREFIX + "-") and not any("-%s-" % t in name for t in live_tags):
             found.append("netns %s" % name)
     for name in os.listdir("/sys/class/net"):
-        if re.fullmatch(TEST_PREFIX + r"\d+", name):
+        if re.fullmatch(TEST_PREFIX + r"\d+", name) and ("bridge " + name) not in live_ledgers:
             found.append("link %s" % name)
     for table in ("nat", "filter"):
         save = quiet(["iptables-save", "-t", table])
         for l in (save.stdout.splitlines() if save else []):
-            if TEST_SUBNET_BASE + "." in l or (l.startswith(":CNI-") and table == "nat"):
+            if any(sn.rsplit(".", 1)[0] + "." in l for sn in live_subnets):
+                continue
+            if TEST_SUBNET_BASE + "." in l or (l.startswith(":CNI-") and table == "nat" and not live):
                 found.append("iptables %s: %s" % (table, l))
     return found
 
