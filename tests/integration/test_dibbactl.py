@@ -16,7 +16,8 @@ import urllib.parse
 import fixtures
 import taskkit
 
-DIBBACTL = os.path.join(fixtures.BUILD_DIR, "tools", "dibbactl", "dibbactl")
+# DIBBA_IT_DIBBACTL: run another build of dibbactl (a sanitizer build) against the same daemons.
+DIBBACTL = os.environ.get("DIBBA_IT_DIBBACTL") or os.path.join(fixtures.BUILD_DIR, "tools", "dibbactl", "dibbactl")
 OP_PASSWORD = "correct horse battery staple"
 ADMIN_PASSWORD = "admin password for tests"
 
@@ -517,6 +518,23 @@ class RecordedRoutesTest(unittest.TestCase):
         p = self.ctl("get", "pods")
         self.assertEqual(p.returncode, 3, p.stderr)
         self.assertTrue(one_line(p.stderr), p.stderr)
+
+    def test_server_precedence(self):
+        # no --server: config.json's server, then DIBBA_SERVER over it; the token stays with its server
+        ctl = Ctl(None)
+        os.makedirs(os.path.join(ctl.home, "xdg", "dibba"))
+        with open(os.path.join(ctl.home, "xdg", "dibba", "config.json"), "w") as f:
+            json.dump({"server": self.rec.url + "/"}, f)
+        ctl.ok("login", "-u", "alice", "--password-stdin", input="s3cret & more\n", server=False)
+        self.assertEqual(ctl.ok("get", "pods", "-o", "name", server=False).stdout, "demo/web\n")
+        ctl.env["DIBBA_SERVER"] = "http://127.0.0.1:1"
+        p = ctl("get", "pods", server=False)
+        self.assertEqual(p.returncode, 3, p.stderr)
+        p = ctl("login", "-u", "alice", "--password-stdin", input="s3cret & more\n", server=False)
+        self.assertEqual(p.returncode, 6, p.stderr)
+        self.assertTrue(one_line(p.stderr), p.stderr)
+        ctl.env["DIBBA_SERVER"] = "ftp://example"
+        self.assertEqual(ctl("get", "pods", server=False).returncode, 2)
 
     def test_completion(self):
         p = self.ctl.ok("completion", "bash")
