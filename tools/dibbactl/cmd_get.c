@@ -160,8 +160,7 @@ static int get_nodes(ctl_t *c, const char *name) {
           detail = r.json;
           r.json = NULL;
         }
-        if (r.status)
-          ctl_resp_free(&r);
+        ctl_resp_free(&r);
         free(path);
       }
       node_row(t, n, detail, wide);

@@ -225,6 +225,8 @@ int ctl_ws_open(ctl_t *c, const char *path, ctl_ws_t **out) {
   curl_easy_setopt(ws->h, CURLOPT_URL, c->server);
   curl_easy_setopt(ws->h, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(ws->h, CURLOPT_CONNECT_ONLY, 1L);
+  /* The upgrade is HTTP/1.1: over TLS, ALPN must not settle on h2. */
+  curl_easy_setopt(ws->h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   curl_easy_setopt(ws->h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(ws->h, CURLOPT_CONNECTTIMEOUT, 10L);
   CURLcode cr = curl_easy_perform(ws->h);
