@@ -1,8 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """dibbactl against a running stack (private redis-server, dibba-api, dibba-worker) and against a small local
 HTTP server that records requests, for the routes this branch does not serve yet (pods, schedules, instances)."""
+import base64
+import hashlib
 import http.server
 import json
+import socket
+import struct
 import os
 import shutil
 import stat
@@ -550,6 +554,102 @@ class RecordedRoutesTest(unittest.TestCase):
         env = dict(self.ctl.env, PATH=os.path.dirname(DIBBACTL) + ":" + os.environ["PATH"])
         out = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=30)
         self.assertEqual(out.stdout.split(), ["demo/web", "get"], out.stderr)
+
+
+class RawWebSocket:
+    """One WebSocket connection served by hand, to see the frames dibbactl sends: behaviour is "good" (ping,
+    two events, close 1000) or "huge" (a text frame announcing 2 MiB)."""
+
+    def __init__(self, behaviour):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.behaviour = behaviour
+        self.request = b""
+        self.frames = []  # (opcode, masked, payload) from the client
+        self.error = None
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def read_frame(self, c):
+        def exact(n):
+            b = b""
+            while len(b) < n:
+                chunk = c.recv(n - len(b))
+                if not chunk:
+                    raise EOFError
+                b += chunk
+            return b
+        b0, b1 = exact(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", exact(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", exact(8))[0]
+        mask = exact(4) if b1 & 0x80 else b"\0\0\0\0"
+        data = bytes(x ^ mask[i % 4] for i, x in enumerate(exact(n)))
+        self.frames.append((b0 & 0x0F, bool(b1 & 0x80), data))
+        return self.frames[-1]
+
+    def serve(self):
+        c, _ = self.sock.accept()
+        try:
+            c.settimeout(10)
+            while b"\r\n\r\n" not in self.request:
+                self.request += c.recv(4096)
+            key = [l.split(b":", 1)[1].strip() for l in self.request.split(b"\r\n")
+                   if l.lower().startswith(b"sec-websocket-key:")][0]
+            acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+            if self.behaviour == "huge":
+                c.sendall(bytes([0x81, 127]) + struct.pack("!Q", 2 << 20) + b"x" * 1000)
+                self.read_frame(c)
+                return
+            c.sendall(bytes([0x89, 2]) + b"hi")
+            self.read_frame(c)  # the pong
+            for ev in (b'{"status":"STARTED","progress":{"current":1,"total":4,"message":"step"}}',
+                       b'{"status":"SUCCESS","worker":"w1"}'):
+                c.sendall(bytes([0x81, len(ev)]) + ev)
+            c.sendall(bytes([0x88, 7]) + struct.pack("!H", 1000) + b"final")
+            self.read_frame(c)  # the close echo
+        except Exception as e:  # reported by the test
+            self.error = repr(e)
+        finally:
+            c.close()
+            self.sock.close()
+
+
+class WebSocketClientTest(unittest.TestCase):
+    def ctl_for(self, url):
+        ctl = Ctl(url)
+        os.makedirs(os.path.dirname(ctl.credentials()))
+        with open(ctl.credentials(), "w") as f:
+            json.dump({"server": url, "user": "alice", "token": "ws-token"}, f)
+        return ctl
+
+    def test_masks_pongs_and_closes(self):
+        ws = RawWebSocket("good")
+        p = self.ctl_for(ws.url)("watch", "t-1", "--timeout", "20")
+        ws.thread.join(10)
+        self.assertIsNone(ws.error)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"GET /v1/tasks/t-1/watch HTTP/1.1\r\n", ws.request)
+        self.assertIn(b"\r\nAuthorization: Bearer ws-token\r\n", ws.request)
+        self.assertEqual(ws.frames, [(0xA, True, b"hi"), (0x8, True, struct.pack("!H", 1000))])
+        lines = p.stdout.splitlines()
+        self.assertRegex(lines[0], r" t-1 STARTED 1/4 step$")
+        self.assertRegex(lines[1], r" t-1 SUCCESS worker=w1$")
+
+    def test_message_over_the_cap(self):
+        ws = RawWebSocket("huge")
+        p = self.ctl_for(ws.url)("watch", "t-2", "--timeout", "20")
+        ws.thread.join(10)
+        self.assertIsNone(ws.error, p.stderr)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertTrue(one_line(p.stderr) and "1009" in p.stderr, p.stderr)
+        self.assertEqual(ws.frames, [(0x8, True, struct.pack("!H", 1009))])
 
 
 if __name__ == "__main__":

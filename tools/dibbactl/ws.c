@@ -259,7 +259,7 @@ int ctl_ws_open(ctl_t *c, const char *path, ctl_ws_t **out) {
   }
   /* The response head. */
   char *end = NULL;
-  while ((end = ws->in.data ? strstr(ws->in.data, "\r\n\r\n") : NULL) == NULL) {
+  while ((end = ws->in.data ? memmem(ws->in.data, ws->in.len, "\r\n\r\n", 4) : NULL) == NULL) {
     if (ws->in.len > HEAD_MAX) {
       rc = ctl_fail(CTL_EFAIL, "%s: the WebSocket response head is larger than %d bytes", c->server, HEAD_MAX);
       goto fail;
@@ -272,10 +272,11 @@ int ctl_ws_open(ctl_t *c, const char *path, ctl_ws_t **out) {
                                       : "read error");
       goto fail;
     }
-    if (memchr(ws->in.data, '\0', ws->in.len)) {
-      rc = ctl_fail(CTL_EFAIL, "%s: a NUL byte in the WebSocket response head", c->server);
-      goto fail;
-    }
+  }
+  /* Frames may follow the head in the same read; only the head must be text. */
+  if (memchr(ws->in.data, '\0', (size_t)(end - ws->in.data))) {
+    rc = ctl_fail(CTL_EFAIL, "%s: a NUL byte in the WebSocket response head", c->server);
+    goto fail;
   }
   size_t head_len = (size_t)(end - ws->in.data) + 4;
   char *head = dibba_xstrndup(ws->in.data, head_len);
