@@ -453,16 +453,32 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   protobuf_c_message_pack(&resp->base, buf);
   r->mounts = containerd__services__snapshots__v1__prepare_snapshot_response__unpack(NULL, len, buf);
   free(buf);
-  Containerd__Services__Containers__V1__Container__LabelsEntry l1 =
-      CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
-  Containerd__Services__Containers__V1__Container__LabelsEntry l2 = l1, l3 = l1;
-  Containerd__Services__Containers__V1__Container__LabelsEntry *labels[] = {&l1, &l2, &l3};
-  l1.key = "dibba.io/namespace";
-  l1.value = r->ns;
-  l2.key = "dibba.io/container";
-  l2.value = r->id;
-  l3.key = "dibba.io/pod";
-  l3.value = r->pod ? r->pod : "";
+  /* Default labels first, then the caller's; a caller's key replaces a default of the same name. */
+  size_t nl = 0, cap = 3 + r->o.n_labels;
+  Containerd__Services__Containers__V1__Container__LabelsEntry *entries = dibba_xcalloc(cap, sizeof *entries);
+  Containerd__Services__Containers__V1__Container__LabelsEntry **labels = dibba_xcalloc(cap, sizeof *labels);
+  const char *defaults[6] = {"dibba.io/namespace", r->ns, "dibba.io/container", r->id, "dibba.io/pod", r->pod};
+  for (size_t i = 0; i < 3; i++) {
+    int replaced = !defaults[2 * i + 1];
+    for (size_t j = 0; j < r->o.n_labels && !replaced; j++)
+      replaced = strcmp(r->o.labels[2 * j], defaults[2 * i]) == 0;
+    if (replaced)
+      continue;
+    entries[nl] = (Containerd__Services__Containers__V1__Container__LabelsEntry)
+        CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
+    entries[nl].key = (char *)defaults[2 * i];
+    entries[nl].value = (char *)defaults[2 * i + 1];
+    labels[nl] = &entries[nl];
+    nl++;
+  }
+  for (size_t j = 0; j < r->o.n_labels; j++) {
+    entries[nl] = (Containerd__Services__Containers__V1__Container__LabelsEntry)
+        CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
+    entries[nl].key = (char *)r->o.labels[2 * j];
+    entries[nl].value = (char *)r->o.labels[2 * j + 1];
+    labels[nl] = &entries[nl];
+    nl++;
+  }
   Google__Protobuf__Any spec = GOOGLE__PROTOBUF__ANY__INIT;
   spec.type_url = DIBBA_CONTAINER_SPEC_TYPE;
   spec.value.data = (uint8_t *)r->spec;
@@ -473,7 +489,7 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   Containerd__Services__Containers__V1__Container c = CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__INIT;
   c.id = r->id;
   c.image = r->image;
-  c.n_labels = r->pod ? 3 : 2;
+  c.n_labels = nl;
   c.labels = labels;
   c.runtime = &rt;
   c.spec = &spec;
@@ -484,6 +500,8 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   req.container = &c;
   dibba_containerd_call_opts_t o = {.ns = r->ns};
   int rc = dibba_containerd_containers_create(ctd, &o, &req, on_ctr_created, r);
+  free(labels); /* the request was packed by the call */
+  free(entries);
   if (rc < 0)
     run_fail(r, rc, "container create", NULL);
 }
