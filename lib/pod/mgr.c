@@ -336,9 +336,12 @@ static const char *clabel(const Containerd__Services__Containers__V1__Container 
 }
 
 static const Containerd__V1__Types__Process *find_task(rec_t *r, const char *id) {
-  for (size_t i = 0; r->tasks && i < r->tasks->n_tasks; i++)
-    if (strcmp(r->tasks->tasks[i]->container_id, id) == 0)
-      return r->tasks->tasks[i];
+  /* Tasks.List names a task by id (its container's id); container_id is often left empty. */
+  for (size_t i = 0; r->tasks && i < r->tasks->n_tasks; i++) {
+    const Containerd__V1__Types__Process *t = r->tasks->tasks[i];
+    if (strcmp(t->container_id && *t->container_id ? t->container_id : t->id, id) == 0)
+      return t;
+  }
   return NULL;
 }
 

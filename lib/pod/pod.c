@@ -77,7 +77,7 @@ static json_t *terminated_json(const ctr_term_t *t, const char *cid) {
   fmt_time(t->started_ms, s, sizeof s);
   fmt_time(t->finished_ms, f, sizeof f);
   json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:s}", "exitCode", t->exit_code, "reason", t->reason, "startedAt", s,
-                        "finishedAt", f, "containerID", cid);
+                        "finishedAt", f, "containerId", cid);
   if (t->exit_code > 128)
     json_object_set_new(o, "signal", json_integer(t->exit_code - 128));
   return json_pack("{s:o}", "terminated", o);
@@ -123,7 +123,7 @@ json_t *dibba__pod_status_json(const pod_t *p) {
     }
     json_t *o =
         json_pack("{s:s, s:o, s:i, s:b, s:s, s:s}", "name", c->name, "state", state, "restartCount", c->restart_count,
-                  "ready", c->state == CS_RUNNING, "image", c->spec ? c->spec->image : "", "containerID", cid);
+                  "ready", c->state == CS_RUNNING, "image", c->spec ? c->spec->image : "", "containerId", cid);
     if (c->has_last)
       json_object_set_new(o, "lastState", terminated_json(&c->last, cid));
     json_array_append_new(cs, o);
@@ -493,9 +493,25 @@ static void on_netns(int status, const char *err, void *data) {
 
 /* ---- step: pause container ---- */
 
+static void runargs_free(runargs_t *ra) {
+  if (!ra)
+    return;
+  for (size_t i = 0; i < ra->n_env; i++)
+    free(ra->envs[i]);
+  for (size_t i = 0; i < ra->n_mounts; i++)
+    free(ra->srcs[i]);
+  free(ra->env);
+  free(ra->envs);
+  free(ra->srcs);
+  free(ra->mounts);
+  free(ra);
+}
+
 static void on_pause_run(dibba_containerd_t *ctd, int err, const char *msg, uint32_t pid, void *data) {
   (void)ctd;
   pod_t *p = data;
+  runargs_free(p->pause_ra);
+  p->pause_ra = NULL;
   if (err < 0)
     job_error(p, err, "pause container", msg);
   else
@@ -517,11 +533,16 @@ static void labels_for(pod_t *p, const char *container, const char *role, const 
 }
 
 static int start_pause(pod_t *p) {
-  const char *labels[16];
+  runargs_t *ra = p->pause_ra = dibba_xcalloc(1, sizeof *ra);
+  const char **labels = ra->labels;
   size_t nl;
   labels_for(p, "POD", "sandbox", labels, &nl);
-  dibba_oci_namespace_t nss[] = {
-      {"network", p->netns_path}, {"ipc", NULL}, {"uts", NULL}, {"pid", NULL}, {"mount", NULL}};
+  dibba_oci_namespace_t *nss = ra->nss;
+  nss[0] = (dibba_oci_namespace_t){"network", p->netns_path};
+  nss[1] = (dibba_oci_namespace_t){"ipc", NULL};
+  nss[2] = (dibba_oci_namespace_t){"uts", NULL};
+  nss[3] = (dibba_oci_namespace_t){"pid", NULL};
+  nss[4] = (dibba_oci_namespace_t){"mount", NULL};
   const char *hostname = p->pod->spec->hostname && *p->pod->spec->hostname ? p->pod->spec->hostname : p->name;
   dibba_container_opts_t co = {
       .id = p->sandbox_id, .ns = p->m->ns, .image = p->m->pause_image, .pod = p->uid, .labels = labels, .n_labels = nl};
@@ -529,7 +550,12 @@ static int start_pause(pod_t *p) {
   co.oci.namespaces = nss;
   co.oci.n_namespaces = 5;
   co.oci.cpu_millis = 0;
-  return dibba_containerd_container_run(p->m->ctd, &co, on_pause_run, p);
+  int rc = dibba_containerd_container_run(p->m->ctd, &co, on_pause_run, p);
+  if (rc < 0) {
+    runargs_free(ra);
+    p->pause_ra = NULL;
+  }
+  return rc;
 }
 
 /* ---- step: CNI ---- */
@@ -736,6 +762,8 @@ static void on_ctr_run(dibba_containerd_t *ctd, int err, const char *msg, uint32
   pod_t *p = c->pod;
   c->busy = 0;
   p->app_ops--;
+  runargs_free(c->ra);
+  c->ra = NULL;
   if (!p->m->closing && !p->deleting && p->job == JOB_NONE) {
     if (err < 0) {
       c->state = CS_WAITING;
@@ -773,18 +801,24 @@ static void ctr_start(ctr_t *c) {
   c->busy = 1;
   c->early_pid = 0;
   c->wait_reason = c->ever_started ? "CrashLoopBackOff" : "ContainerCreating";
-  char ipc[64], uts[64], pidns[64];
-  snprintf(ipc, sizeof ipc, "/proc/%u/ns/ipc", p->sb_pid);
-  snprintf(uts, sizeof uts, "/proc/%u/ns/uts", p->sb_pid);
-  snprintf(pidns, sizeof pidns, "/proc/%u/ns/pid", p->sb_pid);
-  dibba_oci_namespace_t nss[] = {
-      {"network", p->netns_path}, {"ipc", ipc}, {"uts", uts}, {"pid", pidns}, {"mount", NULL}};
-  const char **env = dibba_xcalloc(s->n_env + 1, sizeof *env);
-  char **envs = dibba_xcalloc(s->n_env + 1, sizeof *envs);
+  runargs_t *ra = c->ra = dibba_xcalloc(1, sizeof *ra);
+  snprintf(ra->ipc, sizeof ra->ipc, "/proc/%u/ns/ipc", p->sb_pid);
+  snprintf(ra->uts, sizeof ra->uts, "/proc/%u/ns/uts", p->sb_pid);
+  snprintf(ra->pidns, sizeof ra->pidns, "/proc/%u/ns/pid", p->sb_pid);
+  dibba_oci_namespace_t *nss = ra->nss;
+  nss[0] = (dibba_oci_namespace_t){"network", p->netns_path}; /* the pinned path, never /proc/<pid>/ns/net */
+  nss[1] = (dibba_oci_namespace_t){"ipc", ra->ipc};
+  nss[2] = (dibba_oci_namespace_t){"uts", ra->uts};
+  nss[3] = (dibba_oci_namespace_t){"pid", ra->pidns};
+  nss[4] = (dibba_oci_namespace_t){"mount", NULL};
+  const char **env = ra->env = dibba_xcalloc(s->n_env + 1, sizeof *env);
+  char **envs = ra->envs = dibba_xcalloc(s->n_env + 1, sizeof *envs);
+  ra->n_env = s->n_env;
   for (size_t i = 0; i < s->n_env; i++)
     env[i] = envs[i] = dibba_xasprintf("%s=%s", s->env[i]->name, s->env[i]->value ? s->env[i]->value : "");
-  dibba_oci_mount_t *mounts = dibba_xcalloc(s->n_volume_mounts + 1, sizeof *mounts);
-  char **srcs = dibba_xcalloc(s->n_volume_mounts + 1, sizeof *srcs);
+  dibba_oci_mount_t *mounts = ra->mounts = dibba_xcalloc(s->n_volume_mounts + 1, sizeof *mounts);
+  char **srcs = ra->srcs = dibba_xcalloc(s->n_volume_mounts + 1, sizeof *srcs);
+  ra->n_mounts = s->n_volume_mounts;
   for (size_t i = 0; i < s->n_volume_mounts; i++) {
     const Dibba__V1__VolumeMount *vm = s->volume_mounts[i];
     const char *base = NULL;
@@ -801,7 +835,7 @@ static void ctr_start(ctr_t *c) {
     mounts[i].readonly = vm->read_only;
     mounts[i].recursive = 1;
   }
-  const char *labels[16];
+  const char **labels = ra->labels;
   size_t nl;
   labels_for(p, c->name, "app", labels, &nl);
   dibba_container_opts_t co = {.id = c->id,
@@ -834,14 +868,6 @@ static void ctr_start(ctr_t *c) {
   pod_hold(p);
   p->app_ops++;
   int rc = dibba_containerd_container_run(p->m->ctd, &co, on_ctr_run, c);
-  for (size_t i = 0; i < s->n_env; i++)
-    free(envs[i]);
-  for (size_t i = 0; i < s->n_volume_mounts; i++)
-    free(srcs[i]);
-  free(env);
-  free(envs);
-  free(srcs);
-  free(mounts);
   if (rc < 0)
     on_ctr_run(p->m->ctd, rc, "invalid container options", 0, c);
 }

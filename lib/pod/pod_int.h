@@ -5,6 +5,7 @@
 
 #include <netinet/in.h>
 
+#include "dibba/oci.h"
 #include "dibba/pod.h"
 
 enum { CS_WAITING, CS_RUNNING, CS_TERMINATED };
@@ -40,6 +41,19 @@ typedef struct ctr_term_s {
   int64_t started_ms, finished_ms;
 } ctr_term_t;
 
+/* What a container run borrows until its callback: kept by the container (or pod, for pause) until then. */
+typedef struct runargs_s {
+  dibba_oci_namespace_t nss[5];
+  char ipc[64], uts[64], pidns[64];
+  const char *labels[16];
+  const char **env;
+  char **envs;
+  size_t n_env;
+  dibba_oci_mount_t *mounts;
+  char **srcs;
+  size_t n_mounts;
+} runargs_t;
+
 typedef struct ctr_s {
   pod_t *pod;
   const Dibba__V1__Container *spec; /* NULL for an orphan's container */
@@ -60,6 +74,7 @@ typedef struct ctr_s {
   int busy;            /* a run is in flight */
   int ever_started;
   uint32_t early_pid, early_status;
+  runargs_t *ra; /* while a run is in flight */
 } ctr_t;
 
 struct pod_s {
@@ -77,6 +92,7 @@ struct pod_s {
   ctr_t *c;
   size_t n;
   uv_timer_t timer;
+  runargs_t *pause_ra;
   uv_work_t work;
   int work_err;
   /* the job (one at a time) */
