@@ -362,8 +362,8 @@ static void job_end(pod_t *p) {
       memcpy(p->message, msg, ml + 1);
       snprintf(p->reason, sizeof p->reason, "SandboxCreateFailed");
       p->sb = SB_FAILED;
+      finish_waiters(p, err, msg); /* before the status report, which would answer them with the status */
       pod_changed(p);
-      finish_waiters(p, err, msg);
       job_start(p, JOB_FAIL_CLEANUP);
       return;
     }

@@ -888,7 +888,8 @@ START_TEST(pod_many) {
   for (int i = 0; i < NPODS; i++) {
     expect_ok(&runs[i], names[i]);
     const char *ip = json_string_value(json_object_get(runs[i].result, "podIP"));
-    ck_assert_msg(ip && strncmp(ip, l.net.prefix, strlen(l.net.prefix)) == 0, "%s", ip ? ip : "no IP");
+    ck_assert_msg(ip && strncmp(ip, l.net.prefix, strlen(l.net.prefix)) == 0, "%s",
+                  ip ? ip : json_dumps(runs[i].result, 0));
     for (int j = 0; j < i; j++)
       ck_assert_str_ne(ip, json_string_value(json_object_get(runs[j].result, "podIP")));
   }
