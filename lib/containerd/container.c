@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dibba/alloc.h"
+#include "dibba/id.h"
 #include "dibba/containerd_container.h"
 #include "dibba/containerd_image.h"
 #include "dibba/error.h"
@@ -360,7 +361,9 @@ typedef struct run_s {
   Containerd__Services__Snapshots__V1__PrepareSnapshotResponse *mounts;
   dibba_container_run_cb cb;
   void *data;
-  int created; /* something may exist to clean up */
+  int created;    /* something may exist to clean up */
+  char lease[96]; /* holds the new snapshot until the container references it (containerd's GC) */
+  int have_lease;
   uint32_t pid;
   int err;
   char msg[256];
@@ -379,7 +382,26 @@ static void run_free(run_t *r) {
   free(r);
 }
 
+static void on_run_lease_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                                 Google__Protobuf__Empty *resp, void *data) {
+  free(data);
+}
+
+/* Drop the lease (fire and forget: a leftover lease only delays GC of what it holds). */
+static void run_drop_lease(run_t *r) {
+  if (!r->have_lease)
+    return;
+  r->have_lease = 0;
+  Containerd__Services__Leases__V1__DeleteRequest req = CONTAINERD__SERVICES__LEASES__V1__DELETE_REQUEST__INIT;
+  req.id = r->lease;
+  dibba_containerd_call_opts_t o = {.ns = r->ns};
+  char *keep = dibba_xstrdup(r->lease);
+  if (dibba_containerd_leases_delete(r->ctd, &o, &req, on_run_lease_deleted, keep) < 0)
+    free(keep);
+}
+
 static void run_report(run_t *r) {
+  run_drop_lease(r);
   r->cb(r->ctd, r->err, r->err ? r->msg : "", r->pid, r->data);
   run_free(r);
 }
@@ -427,6 +449,7 @@ static void on_ctr_created(dibba_containerd_t *ctd, int err, const dibba_grpc_st
     run_fail(r, err, "container create", st->message);
     return;
   }
+  run_drop_lease(r); /* the container now references its snapshot */
   Containerd__Services__Tasks__V1__CreateTaskRequest req = CONTAINERD__SERVICES__TASKS__V1__CREATE_TASK_REQUEST__INIT;
   req.container_id = r->id;
   req.n_rootfs = r->mounts->n_mounts;
@@ -506,6 +529,9 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
     run_fail(r, rc, "container create", NULL);
 }
 
+static void on_run_lease(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Leases__V1__CreateResponse *resp, void *data);
+
 static void on_stale_removed(dibba_containerd_t *ctd, int err, const char *msg, void *data) {
   run_t *r = data;
   if (err < 0) {
@@ -513,12 +539,33 @@ static void on_stale_removed(dibba_containerd_t *ctd, int err, const char *msg, 
     return;
   }
   r->created = 1;
+  /* Under a lease: containerd's GC may otherwise remove the new snapshot before the container references it. */
+  Containerd__Services__Leases__V1__CreateRequest lreq = CONTAINERD__SERVICES__LEASES__V1__CREATE_REQUEST__INIT;
+  char rnd[8];
+  dibba_random_bytes(rnd, sizeof rnd);
+  snprintf(r->lease, sizeof r->lease, "dibba-run-%.40s-%02x%02x%02x%02x", r->id, (unsigned char)rnd[0],
+           (unsigned char)rnd[1], (unsigned char)rnd[2], (unsigned char)rnd[3]);
+  lreq.id = r->lease;
+  dibba_containerd_call_opts_t lo = {.ns = r->ns};
+  int rc = dibba_containerd_leases_create(ctd, &lo, &lreq, on_run_lease, r);
+  if (rc < 0)
+    run_fail(r, rc, "lease create", NULL);
+}
+
+static void on_run_lease(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Leases__V1__CreateResponse *resp, void *data) {
+  run_t *r = data;
+  if (err < 0) {
+    run_fail(r, err, "lease create", st->message);
+    return;
+  }
+  r->have_lease = 1;
   Containerd__Services__Snapshots__V1__PrepareSnapshotRequest req =
       CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_REQUEST__INIT;
   req.snapshotter = (char *)dibba_containerd_snapshotter(ctd);
   req.key = r->id;
   req.parent = r->chain;
-  dibba_containerd_call_opts_t o = {.ns = r->ns};
+  dibba_containerd_call_opts_t o = {.ns = r->ns, .lease = r->lease};
   int rc = dibba_containerd_snapshots_prepare(ctd, &o, &req, on_prepared, r);
   if (rc < 0)
     run_fail(r, rc, "snapshot prepare", NULL);

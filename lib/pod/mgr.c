@@ -23,6 +23,7 @@ struct rec_s {
   Containerd__Services__Containers__V1__ListContainersResponse *ctrs;
   Containerd__Services__Tasks__V1__ListTasksResponse *tasks;
   uv_fs_t scan;
+  int scanned; /* scan holds a result to clean up */
   int pending;
   int err;
   char msg[256];
@@ -550,6 +551,9 @@ static void rec_apply(rec_t *r) {
         orphan(r, NULL, key, NULL, NULL);
     }
   }
+  if (r->scanned)
+    uv_fs_req_cleanup(&r->scan);
+  r->scanned = 0;
   /* 4. desired pods that exist nowhere */
   for (size_t i = 0; i < r->n_desired; i++)
     if (!used[i] && !dibba__pod_find(m,
@@ -567,11 +571,13 @@ static void rec_apply(rec_t *r) {
 
 static void on_scan(uv_fs_t *req) {
   rec_t *r = req->data;
-  if (!r->m->closing)
-    rec_apply(r);
-  else
+  r->scanned = 1;
+  if (!r->m->closing) {
+    rec_apply(r); /* cleans req up; r may be gone afterwards */
+  } else {
+    uv_fs_req_cleanup(req);
     rec_finish(r);
-  uv_fs_req_cleanup(req);
+  }
 }
 
 static void on_tasks(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
