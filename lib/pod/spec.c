@@ -56,11 +56,9 @@ int dibba_pod_parse_cpu(const char *q, int64_t *millis) {
   const char *end;
   if (!q || parse_decimal(q, &v, &end) < 0)
     return -EINVAL;
-  if (strcmp(end, "m") == 0)
-    v = v;
-  else if (*end == '\0')
-    v *= 1000;
-  else
+  if (*end == '\0')
+    v *= 1000; /* whole cores */
+  else if (strcmp(end, "m") != 0)
     return -EINVAL;
   if (v > 1e12)
     return -EINVAL;
