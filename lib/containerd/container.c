@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dibba/alloc.h"
+#include "dibba/id.h"
 #include "dibba/containerd_container.h"
 #include "dibba/containerd_image.h"
 #include "dibba/error.h"
@@ -360,7 +361,9 @@ typedef struct run_s {
   Containerd__Services__Snapshots__V1__PrepareSnapshotResponse *mounts;
   dibba_container_run_cb cb;
   void *data;
-  int created; /* something may exist to clean up */
+  int created;    /* something may exist to clean up */
+  char lease[96]; /* holds the new snapshot until the container references it (containerd's GC) */
+  int have_lease;
   uint32_t pid;
   int err;
   char msg[256];
@@ -379,7 +382,26 @@ static void run_free(run_t *r) {
   free(r);
 }
 
+static void on_run_lease_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                                 Google__Protobuf__Empty *resp, void *data) {
+  free(data);
+}
+
+/* Drop the lease (fire and forget: a leftover lease only delays GC of what it holds). */
+static void run_drop_lease(run_t *r) {
+  if (!r->have_lease)
+    return;
+  r->have_lease = 0;
+  Containerd__Services__Leases__V1__DeleteRequest req = CONTAINERD__SERVICES__LEASES__V1__DELETE_REQUEST__INIT;
+  req.id = r->lease;
+  dibba_containerd_call_opts_t o = {.ns = r->ns};
+  char *keep = dibba_xstrdup(r->lease);
+  if (dibba_containerd_leases_delete(r->ctd, &o, &req, on_run_lease_deleted, keep) < 0)
+    free(keep);
+}
+
 static void run_report(run_t *r) {
+  run_drop_lease(r);
   r->cb(r->ctd, r->err, r->err ? r->msg : "", r->pid, r->data);
   run_free(r);
 }
@@ -427,6 +449,7 @@ static void on_ctr_created(dibba_containerd_t *ctd, int err, const dibba_grpc_st
     run_fail(r, err, "container create", st->message);
     return;
   }
+  run_drop_lease(r); /* the container now references its snapshot */
   Containerd__Services__Tasks__V1__CreateTaskRequest req = CONTAINERD__SERVICES__TASKS__V1__CREATE_TASK_REQUEST__INIT;
   req.container_id = r->id;
   req.n_rootfs = r->mounts->n_mounts;
@@ -453,16 +476,32 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   protobuf_c_message_pack(&resp->base, buf);
   r->mounts = containerd__services__snapshots__v1__prepare_snapshot_response__unpack(NULL, len, buf);
   free(buf);
-  Containerd__Services__Containers__V1__Container__LabelsEntry l1 =
-      CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
-  Containerd__Services__Containers__V1__Container__LabelsEntry l2 = l1, l3 = l1;
-  Containerd__Services__Containers__V1__Container__LabelsEntry *labels[] = {&l1, &l2, &l3};
-  l1.key = "dibba.io/namespace";
-  l1.value = r->ns;
-  l2.key = "dibba.io/container";
-  l2.value = r->id;
-  l3.key = "dibba.io/pod";
-  l3.value = r->pod ? r->pod : "";
+  /* Default labels first, then the caller's; a caller's key replaces a default of the same name. */
+  size_t nl = 0, cap = 3 + r->o.n_labels;
+  Containerd__Services__Containers__V1__Container__LabelsEntry *entries = dibba_xcalloc(cap, sizeof *entries);
+  Containerd__Services__Containers__V1__Container__LabelsEntry **labels = dibba_xcalloc(cap, sizeof *labels);
+  const char *defaults[6] = {"dibba.io/namespace", r->ns, "dibba.io/container", r->id, "dibba.io/pod", r->pod};
+  for (size_t i = 0; i < 3; i++) {
+    int replaced = !defaults[2 * i + 1];
+    for (size_t j = 0; j < r->o.n_labels && !replaced; j++)
+      replaced = strcmp(r->o.labels[2 * j], defaults[2 * i]) == 0;
+    if (replaced)
+      continue;
+    entries[nl] = (Containerd__Services__Containers__V1__Container__LabelsEntry)
+        CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
+    entries[nl].key = (char *)defaults[2 * i];
+    entries[nl].value = (char *)defaults[2 * i + 1];
+    labels[nl] = &entries[nl];
+    nl++;
+  }
+  for (size_t j = 0; j < r->o.n_labels; j++) {
+    entries[nl] = (Containerd__Services__Containers__V1__Container__LabelsEntry)
+        CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__LABELS_ENTRY__INIT;
+    entries[nl].key = (char *)r->o.labels[2 * j];
+    entries[nl].value = (char *)r->o.labels[2 * j + 1];
+    labels[nl] = &entries[nl];
+    nl++;
+  }
   Google__Protobuf__Any spec = GOOGLE__PROTOBUF__ANY__INIT;
   spec.type_url = DIBBA_CONTAINER_SPEC_TYPE;
   spec.value.data = (uint8_t *)r->spec;
@@ -473,7 +512,7 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   Containerd__Services__Containers__V1__Container c = CONTAINERD__SERVICES__CONTAINERS__V1__CONTAINER__INIT;
   c.id = r->id;
   c.image = r->image;
-  c.n_labels = r->pod ? 3 : 2;
+  c.n_labels = nl;
   c.labels = labels;
   c.runtime = &rt;
   c.spec = &spec;
@@ -484,9 +523,14 @@ static void on_prepared(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
   req.container = &c;
   dibba_containerd_call_opts_t o = {.ns = r->ns};
   int rc = dibba_containerd_containers_create(ctd, &o, &req, on_ctr_created, r);
+  free(labels); /* the request was packed by the call */
+  free(entries);
   if (rc < 0)
     run_fail(r, rc, "container create", NULL);
 }
+
+static void on_run_lease(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Leases__V1__CreateResponse *resp, void *data);
 
 static void on_stale_removed(dibba_containerd_t *ctd, int err, const char *msg, void *data) {
   run_t *r = data;
@@ -495,12 +539,33 @@ static void on_stale_removed(dibba_containerd_t *ctd, int err, const char *msg, 
     return;
   }
   r->created = 1;
+  /* Under a lease: containerd's GC may otherwise remove the new snapshot before the container references it. */
+  Containerd__Services__Leases__V1__CreateRequest lreq = CONTAINERD__SERVICES__LEASES__V1__CREATE_REQUEST__INIT;
+  char rnd[8];
+  dibba_random_bytes(rnd, sizeof rnd);
+  snprintf(r->lease, sizeof r->lease, "dibba-run-%.40s-%02x%02x%02x%02x", r->id, (unsigned char)rnd[0],
+           (unsigned char)rnd[1], (unsigned char)rnd[2], (unsigned char)rnd[3]);
+  lreq.id = r->lease;
+  dibba_containerd_call_opts_t lo = {.ns = r->ns};
+  int rc = dibba_containerd_leases_create(ctd, &lo, &lreq, on_run_lease, r);
+  if (rc < 0)
+    run_fail(r, rc, "lease create", NULL);
+}
+
+static void on_run_lease(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                         Containerd__Services__Leases__V1__CreateResponse *resp, void *data) {
+  run_t *r = data;
+  if (err < 0) {
+    run_fail(r, err, "lease create", st->message);
+    return;
+  }
+  r->have_lease = 1;
   Containerd__Services__Snapshots__V1__PrepareSnapshotRequest req =
       CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_REQUEST__INIT;
   req.snapshotter = (char *)dibba_containerd_snapshotter(ctd);
   req.key = r->id;
   req.parent = r->chain;
-  dibba_containerd_call_opts_t o = {.ns = r->ns};
+  dibba_containerd_call_opts_t o = {.ns = r->ns, .lease = r->lease};
   int rc = dibba_containerd_snapshots_prepare(ctd, &o, &req, on_prepared, r);
   if (rc < 0)
     run_fail(r, rc, "snapshot prepare", NULL);

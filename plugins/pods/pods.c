@@ -13,8 +13,11 @@
 #include "dibba/containerd_container.h"
 #include "dibba/containerd_exec.h"
 #include "dibba/containerd_image.h"
+#include "dibba/cni.h"
 #include "dibba/error.h"
+#include "dibba/pbjson.h"
 #include "dibba/plugin.h"
+#include "dibba/pod.h"
 
 #define LOG_TAIL_MAX (1u << 20) /* bytes read from the end of a log file */
 #define TAIL_LINES_MAX 10000
@@ -24,9 +27,11 @@ typedef struct pods_s {
   dibba_plugin_ctx_t *ctx;
   dibba_containerd_t *ctd;
   char *ns;
-  char *logger;    /* dibba-logger binary */
-  char *log_dir;   /* <log_dir>/<ns>/<id>.log */
-  char *state_dir; /* exec FIFOs */
+  char *logger;         /* dibba-logger binary */
+  char *log_dir;        /* <log_dir>/<ns>/<id>.log */
+  char *state_dir;      /* exec FIFOs */
+  dibba_cni_t *cni;     /* pods: NULL without a "cni" section */
+  dibba_pod_mgr_t *mgr; /* one pod manager per worker */
 } pods_t;
 
 /* One running task: the handler's state, freed when the task ends. */
@@ -41,6 +46,7 @@ typedef struct op_s {
   size_t n_mounts;
   dibba_container_opts_t co;
   uint64_t n;
+  int strip; /* pod_logs: drop the CRI prefix of each line */
   json_t *result;
   int err;
   dibba_exec_t *exec;
@@ -478,7 +484,12 @@ static void work_tail(uv_work_t *w) {
     char *nl = memchr(p, '\n', (size_t)(end - p));
     if (!nl)
       break; /* being written */
-    json_array_append_new(lines, json_stringn(p, (size_t)(nl - p)));
+    const char *l = p;
+    for (int field = 0; o->strip && field < 3 && l < nl; field++) {
+      const char *sp = memchr(l, ' ', (size_t)(nl - l));
+      l = sp ? sp + 1 : nl;
+    }
+    json_array_append_new(lines, json_stringn(l, (size_t)(nl - l)));
     if (json_array_size(lines) > o->n)
       json_array_remove(lines, 0);
     p = nl + 1;
@@ -566,6 +577,151 @@ static int exec_run(dibba_task_ctx_t *t) {
   return 0;
 }
 
+/* ---------------- pods (lib/pod) ---------------- */
+
+static int need_mgr(dibba_task_ctx_t *t) {
+  if (pods_of(t)->mgr)
+    return 0;
+  dibba_task_fail(t, -ENOTSUP, "ENOTSUP", "pods: the plugin has no cni configuration");
+  return -1;
+}
+
+static void on_pod_created(dibba_pod_mgr_t *m, int err, const char *msg, const Dibba__V1__PodStatus *st, void *data) {
+  dibba_task_ctx_t *t = data;
+  if (err < 0)
+    dibba_task_fail(t, err, err == -EEXIST ? "EEXIST" : NULL, msg);
+  else
+    t->ops->complete_msg(t, &st->base);
+}
+
+static int create_pod_run(dibba_task_ctx_t *t) {
+  char err[300] = "";
+  if (need_mgr(t) < 0)
+    return 0;
+  const Dibba__V1__Pod *pod = (const Dibba__V1__Pod *)t->args_msg;
+  int rc = dibba_pod_create(pods_of(t)->mgr, pod, on_pod_created, t, err, sizeof err);
+  if (rc < 0)
+    dibba_task_fail(t, rc, rc == -EEXIST ? "EEXIST" : rc == -EINVAL ? "EINVAL" : NULL, err[0] ? err : NULL);
+  return 0;
+}
+
+static void on_pod_deleted(dibba_pod_mgr_t *m, int err, const char *msg, void *data) {
+  dibba_task_ctx_t *t = data;
+  if (err < 0)
+    dibba_task_fail(t, err, NULL, msg);
+  else
+    dibba_task_complete(t, json_pack("{s:s}", "status", "deleted"));
+}
+
+/* namespace (optional, "default") and name (required). Returns 0, or -1 when the task has been failed. */
+static int pod_ref(dibba_task_ctx_t *t, const char **ns, const char **name) {
+  if (need_mgr(t) < 0 || arg_str(t, "namespace", 0, ns) < 0 || arg_str(t, "name", 1, name) < 0)
+    return -1;
+  if (!*ns)
+    *ns = "default";
+  return 0;
+}
+
+static int delete_pod_run(dibba_task_ctx_t *t) {
+  const char *ns, *name;
+  if (pod_ref(t, &ns, &name) < 0)
+    return 0;
+  int rc = dibba_pod_delete(pods_of(t)->mgr, ns, name, on_pod_deleted, t);
+  if (rc < 0)
+    dibba_task_fail(t, rc, NULL, "delete_pod");
+  return 0;
+}
+
+static int get_pod_run(dibba_task_ctx_t *t) {
+  const char *ns, *name;
+  Dibba__V1__Pod *pod = NULL;
+  if (pod_ref(t, &ns, &name) < 0)
+    return 0;
+  int rc = dibba_pod_get(pods_of(t)->mgr, ns, name, &pod);
+  if (rc < 0) {
+    dibba_task_fail(t, rc, "ENOENT", "no such pod");
+    return 0;
+  }
+  json_t *j = dibba_pbjson_from_message(&pod->base, 0);
+  protobuf_c_message_free_unpacked(&pod->base, NULL);
+  dibba_task_complete(t, j);
+  return 0;
+}
+
+static int list_pods_run(dibba_task_ctx_t *t) {
+  const char *ns, *sel;
+  Dibba__V1__PodList *l = NULL;
+  if (need_mgr(t) < 0 || arg_str(t, "namespace", 0, &ns) < 0 || arg_str(t, "labelSelector", 0, &sel) < 0)
+    return 0;
+  if (dibba_pod_list(pods_of(t)->mgr, ns, sel, &l) < 0)
+    return bad_arg(t, "labelSelector", "must be k=v, k!=v, k or !k terms separated by commas");
+  json_t *j = dibba_pbjson_from_message(&l->base, DIBBA_PBJSON_EMIT_DEFAULTS & 0);
+  if (!json_object_get(j, "items"))
+    json_object_set_new(j, "items", json_array());
+  protobuf_c_message_free_unpacked(&l->base, NULL);
+  dibba_task_complete(t, j);
+  return 0;
+}
+
+/* The pod's container named by args.container (or the first): o->id, o->path (its log). */
+static int pod_target(op_t *o) {
+  const char *ns, *name, *ctr;
+  if (pod_ref(o->t, &ns, &name) < 0 || arg_str(o->t, "container", 0, &ctr) < 0)
+    return -1;
+  if (dibba_pod_container(o->p->mgr, ns, name, ctr, &o->id, &o->path) < 0) {
+    dibba_task_fail(o->t, -ENOENT, "ENOENT", ctr ? "no such pod or container" : "no such pod");
+    return -1;
+  }
+  o->ns = dibba_xstrdup(o->p->ns);
+  return 0;
+}
+
+static int pod_logs_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  o->n = 100;
+  o->strip = !json_is_true(json_object_get(t->args, "timestamps"));
+  if (pod_target(o) < 0 || arg_uint(t, t->args, "tailLines", "tailLines", &o->n) < 0) {
+    op_free(o);
+    return 0;
+  }
+  if (o->n > TAIL_LINES_MAX) {
+    op_free(o);
+    return bad_arg(t, "tailLines", "at most 10000");
+  }
+  o->work.data = o;
+  int rc = uv_queue_work(t->loop, &o->work, work_tail, after_tail);
+  if (rc < 0)
+    op_fail(o, rc, "pod_logs: queue work");
+  return 0;
+}
+
+static int pod_exec_run(dibba_task_ctx_t *t) {
+  op_t *o = op_new(t);
+  uint64_t timeout = 0;
+  if (pod_target(o) < 0 || arg_strv(o, "command", 3, 0) < 0 ||
+      arg_uint(t, t->args, "timeout_ms", "timeout_ms", &timeout) < 0) {
+    op_free(o);
+    return 0;
+  }
+  if (o->argc[3] == 0) {
+    op_free(o);
+    return bad_arg(t, "command", "required non-empty array of strings");
+  }
+  dibba_exec_opts_t xo = {.id = o->id,
+                          .ns = o->ns,
+                          .args = o->argv[3],
+                          .n_args = o->argc[3],
+                          .timeout_ms = timeout,
+                          .state_dir = o->p->state_dir};
+  int rc = dibba_containerd_exec(o->p->ctd, &xo, on_execd, o, &o->exec);
+  if (rc < 0) {
+    op_fail(o, rc, "pod_exec: invalid process");
+    return 0;
+  }
+  t->ops->on_cancel(t, exec_cancel, o);
+  return 0;
+}
+
 /* ---------------- plugin ---------------- */
 
 static const char *cfg_str(const json_t *cfg, const char *section, const char *key, const char *def) {
@@ -576,12 +732,98 @@ static const char *cfg_str(const json_t *cfg, const char *section, const char *k
 
 static void plog(dibba_plugin_ctx_t *ctx, int level, const char *msg) { ctx->ops->log(ctx, level, msg); }
 
+static void on_ctd_state(dibba_containerd_t *ctd, dibba_grpc_state_t state, int err, void *data) {
+  pods_t *p = data;
+  if (p->mgr)
+    dibba_pod_mgr_containerd_state(p->mgr, state);
+}
+
+static uint64_t cfg_uint(const json_t *cfg, const char *section, const char *key, uint64_t def) {
+  json_int_t v = json_integer_value(json_object_get(json_object_get(cfg, section), key));
+  return v > 0 ? (uint64_t)v : def;
+}
+
+/* The pod manager, when the config has a "cni" section: cni.{path, conf_dir, net_name, ifname, timeout_ms},
+ * worker.{state_dir, netns_dir}, pod.{pause_image, dir, backoff_base_ms, backoff_max_ms, reconcile_ms,
+ * keep_logs}. */
+static int pods_mgr_init(pods_t *p, const json_t *cfg) {
+  char line[512];
+  if (!json_is_object(json_object_get(cfg, "cni")))
+    return 0;
+  const char *state_dir = cfg_str(cfg, "worker", "state_dir", "/var/lib/dibba");
+  dibba_cni_opts_t co = {.path = cfg_str(cfg, "cni", "path", "/opt/cni/bin"),
+                         .conf_dir = cfg_str(cfg, "cni", "conf_dir", "/etc/cni/net.d"),
+                         .net_name = cfg_str(cfg, "cni", "net_name", "calico"),
+                         .ifname = cfg_str(cfg, "cni", "ifname", "eth0"),
+                         .state_dir = state_dir,
+                         .timeout_ms = cfg_uint(cfg, "cni", "timeout_ms", 0)};
+  int rc = dibba_cni_new(p->ctx->loop, &co, &p->cni);
+  if (rc < 0) {
+    snprintf(line, sizeof line, "pods: CNI runner: %s", dibba_strerror(rc));
+    plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    return rc;
+  }
+  char *pod_dir = dibba_xasprintf("%s/pods", state_dir);
+  dibba_pod_mgr_opts_t mo = {.ctd = p->ctd,
+                             .cni = p->cni,
+                             .ns = p->ns,
+                             .netns_dir = cfg_str(cfg, "worker", "netns_dir", DIBBA_POD_DEFAULT_NETNS_DIR),
+                             .cni_state_dir = state_dir,
+                             .pod_dir = cfg_str(cfg, "pod", "dir", pod_dir),
+                             .log_dir = p->log_dir,
+                             .logger = p->logger,
+                             .pause_image = cfg_str(cfg, "pod", "pause_image", DIBBA_POD_DEFAULT_PAUSE_IMAGE),
+                             .backoff_base_ms = cfg_uint(cfg, "pod", "backoff_base_ms", 0),
+                             .backoff_max_ms = cfg_uint(cfg, "pod", "backoff_max_ms", 0),
+                             .reconcile_ms = cfg_uint(cfg, "pod", "reconcile_ms", 0),
+                             .keep_logs = json_is_true(json_object_get(json_object_get(cfg, "pod"), "keep_logs")),
+                             .data = p};
+  rc = dibba_pod_mgr_new(p->ctx->loop, &mo, &p->mgr);
+  free(pod_dir);
+  if (rc < 0) {
+    plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, "pods: pod manager: state_dir and pod.dir must be absolute");
+    dibba_cni_free(p->cni);
+    p->cni = NULL;
+  }
+  return rc;
+}
+
+static void on_ctd_closed(dibba_containerd_t *ctd, void *data) {
+  pods_t *p = data;
+  free(p->ns);
+  free(p->logger);
+  free(p->log_dir);
+  free(p->state_dir);
+  free(p);
+}
+
+/* Close everything; p is freed when the containerd client has closed (its state callback points at p). The
+ * module stays mapped (-z nodelete) for that later loop turn. Pods keep running: the next manager re-adopts
+ * them. */
+static void pods_release(pods_t *p) {
+  dibba_pod_mgr_close(p->mgr, NULL, NULL);
+  p->mgr = NULL;
+  dibba_cni_free(p->cni);
+  p->cni = NULL;
+  dibba_containerd_close(p->ctd, on_ctd_closed, p);
+}
+
 static int pods_init(dibba_plugin_ctx_t *ctx) {
   static const dibba_task_handler_t handlers[] = {
-      {.name = "import_image", .run = import_run}, {.name = "pull_image", .run = pull_run},
-      {.name = "list_images", .run = list_run},    {.name = "run_container", .run = run_run},
-      {.name = "stop_container", .run = stop_run}, {.name = "delete_container", .run = delete_run},
-      {.name = "container_logs", .run = logs_run}, {.name = "exec", .run = exec_run},
+      {.name = "import_image", .run = import_run},
+      {.name = "pull_image", .run = pull_run},
+      {.name = "list_images", .run = list_run},
+      {.name = "run_container", .run = run_run},
+      {.name = "stop_container", .run = stop_run},
+      {.name = "delete_container", .run = delete_run},
+      {.name = "container_logs", .run = logs_run},
+      {.name = "exec", .run = exec_run},
+      {.name = "create_pod", .args_type = "dibba.v1.Pod", .run = create_pod_run, .timeout_ms = 10 * 60 * 1000},
+      {.name = "delete_pod", .run = delete_pod_run, .timeout_ms = 10 * 60 * 1000},
+      {.name = "get_pod", .run = get_pod_run},
+      {.name = "list_pods", .run = list_pods_run},
+      {.name = "pod_logs", .run = pod_logs_run},
+      {.name = "pod_exec", .run = pod_exec_run},
   };
   const json_t *cfg = ctx->config;
   char line[512];
@@ -597,6 +839,7 @@ static int pods_init(dibba_plugin_ctx_t *ctx) {
                                .ns = p->ns,
                                .snapshotter = cfg_str(cfg, "containerd", "snapshotter", NULL),
                                .timeout_ms = tmo > 0 ? (uint64_t)tmo : 0,
+                               .state_cb = on_ctd_state,
                                .data = p};
   int rc = p->logger[0] == '/' && p->log_dir[0] == '/' && p->state_dir[0] == '/' ? 0 : -EINVAL;
   if (rc < 0) {
@@ -608,6 +851,8 @@ static int pods_init(dibba_plugin_ctx_t *ctx) {
     plog(ctx, DIBBA_PLUGIN_LOG_ERROR, line);
     goto fail;
   }
+  if ((rc = pods_mgr_init(p, cfg)) < 0)
+    goto fail_client;
   for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
     dibba_task_handler_t h = handlers[i];
     h.data = p;
@@ -619,7 +864,8 @@ static int pods_init(dibba_plugin_ctx_t *ctx) {
   ctx->data = p;
   return 0;
 fail_client:
-  dibba_containerd_close(p->ctd, NULL, NULL);
+  pods_release(p);
+  return rc;
 fail:
   free(p->ns);
   free(p->logger);
@@ -634,13 +880,7 @@ static void pods_fini(dibba_plugin_ctx_t *ctx) {
   if (!p)
     return;
   ctx->data = NULL;
-  /* Finishes on a later loop turn; the module stays mapped (-z nodelete) for that. */
-  dibba_containerd_close(p->ctd, NULL, NULL);
-  free(p->ns);
-  free(p->logger);
-  free(p->log_dir);
-  free(p->state_dir);
-  free(p);
+  pods_release(p);
 }
 
 static const dibba_plugin_t pods_plugin = {

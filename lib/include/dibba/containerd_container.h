@@ -16,6 +16,11 @@ typedef struct dibba_container_opts_s {
   const char *ns;    /* NULL: the client's namespace */
   const char *image; /* image name in ns; required */
   const char *pod;   /* label dibba.io/pod (may be NULL) */
+  /* Extra labels: n_labels key/value pairs, labels[2i] = key, labels[2i+1] = value. A key equal to one of the
+   * default labels (dibba.io/namespace, dibba.io/container, dibba.io/pod) replaces it. Borrowed until the run
+   * callback. */
+  const char *const *labels;
+  size_t n_labels;
   /* Process, resources, namespaces and mounts; id, ns and image_config are filled in by run. Its strings and
    * arrays are borrowed and must stay valid until the run callback. */
   dibba_oci_opts_t oci;
