@@ -12,6 +12,7 @@
 #include "dibba/http.h"
 #include "dibba/redis.h"
 
+#include "schedules.h"
 #include "tasks.h"
 
 typedef struct api_s {
@@ -26,6 +27,7 @@ typedef struct api_s {
   char *routing_key;
   size_t routing_key_len;
   api_tasks_t *tasks;
+  api_schedules_t *schedules; /* schedules.c; freed once Redis is closed */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;
