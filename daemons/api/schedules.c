@@ -194,8 +194,8 @@ static void job_read(dibba_redis_t *r, int status, redisReply *reply, void *data
   } else if (task == NULL || !json_is_object(route)) {
     dibba_http_respond_error(q->req, 500, "malformed schedule in the store");
   } else {
-    char *args = json_dumps(json_object_get(job, "args") ? json_object_get(job, "args") : json_object(),
-                            JSON_COMPACT | JSON_SORT_KEYS);
+    json_t *a = json_object_get(job, "args");
+    char *args = json_is_object(a) ? json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     char id[DIBBA_ID_LEN + 1], err[256];
     dibba_task_submit_t s = {
         .name = task,
