@@ -46,8 +46,8 @@ static int32_t rule_lookup(const dibba_tz_t *tz, int64_t t, int *isdst, int64_t 
   int64_t y, m, d;
   dibba__civil_from_days(dibba__floor_div(t + tz->std_off, 86400), &y, &m, &d);
   /* Transitions of the neighbouring years, in time order; at equal instants the end sorts first. */
-  int64_t at[6];
-  int to_dst[6], n = 0;
+  int64_t at[6] = {0}; /* always filled below; the zeroes keep gcc -fsanitize from a maybe-uninitialized false alarm */
+  int to_dst[6] = {0}, n = 0;
   for (int64_t yy = y - 1; yy <= y + 1; yy++) {
     at[n] = rule_day(&tz->end, yy) * 86400 + tz->end.time - tz->dst_off;
     to_dst[n++] = 0;
