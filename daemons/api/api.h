@@ -13,6 +13,7 @@
 #include "dibba/redis.h"
 
 #include "aws.h"
+#include "schedules.h"
 #include "tasks.h"
 
 typedef struct api_s {
@@ -27,7 +28,8 @@ typedef struct api_s {
   char *routing_key;
   size_t routing_key_len;
   api_tasks_t *tasks;
-  api_aws_t *aws; /* aws.c: EC2 instance routes (admin) */
+  api_aws_t *aws;             /* aws.c: EC2 instance routes (admin) */
+  api_schedules_t *schedules; /* schedules.c; freed once Redis is closed */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;

@@ -204,6 +204,10 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
                   err, errlen);
   if (r < 0)
     return r;
+  r = api_schedules_new(&d->cfg, api->redis, api->router, (const uint8_t *)api->routing_key, api->routing_key_len,
+                        &api->schedules, err, errlen);
+  if (r < 0)
+    return r;
   dibba_http_server_set_metrics_hook(api->http, metrics_hook, api);
   dibba_http_server_set_response_hook(api->http, api_audit_response, api);
   raise_nofile();
@@ -234,6 +238,8 @@ void api_maybe_finish(api_t *api) {
   if (!api_auth_free(api))
     return; /* a login or save is still on the worker pool; its callback calls us again */
   api->finished = 1;
+  api_schedules_free(api->schedules);
+  api->schedules = NULL;
   free(api->prefix);
   free(api->audit_key);
   api->prefix = api->audit_key = NULL;
