@@ -13,7 +13,9 @@
 #include "dibba/redis.h"
 
 #include "aws.h"
+#include "events.h"
 #include "tasks.h"
+#include "ui.h"
 
 typedef struct api_s {
   dibba_daemon_t *d;
@@ -27,7 +29,9 @@ typedef struct api_s {
   char *routing_key;
   size_t routing_key_len;
   api_tasks_t *tasks;
-  api_aws_t *aws; /* aws.c: EC2 instance routes (admin) */
+  api_aws_t *aws;       /* aws.c: EC2 instance routes (admin) */
+  api_ui_t *ui;         /* ui.c: the dashboard files under /ui */
+  api_events_t *events; /* events.c: the dashboards' live task stream, GET /v1/events */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;
