@@ -213,10 +213,12 @@
     svg.setAttribute("role", "img");
     const line = document.createElementNS(NS, "polyline");
     const top = Math.max(max || 0, ...values, 1e-9);
-    const off = SPARK_SAMPLES - values.length;
+    // The samples so far span the whole width (a single one is a flat line) and scroll once there are enough.
+    const vs = values.length === 1 ? [values[0], values[0]] : values;
+    const step = vs.length > 1 ? (SPARK_SAMPLES - 1) / (vs.length - 1) : 0;
     line.setAttribute(
       "points",
-      values.map((v, i) => off + i + "," + (100 - (Math.max(0, v) / top) * 96 - 2).toFixed(1)).join(" ")
+      vs.map((v, i) => (i * step).toFixed(2) + "," + (100 - (Math.max(0, v) / top) * 96 - 2).toFixed(1)).join(" ")
     );
     svg.append(line);
     return svg;
