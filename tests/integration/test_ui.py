@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import unittest
 
@@ -542,8 +541,46 @@ class BrowserTest(unittest.TestCase):
         if not self.pods_api():
             self.skipTest("GET /v1/pods is not served by this dibba-api yet (404 Not Found): the pods API is "
                           "being written; the dashboard shows that inline (test_dashboard checks it)")
-        self.skipTest("TODO when the pods API lands: create a pod through POST /v1/pods on a stack with "
-                      "containerd and CNI, and watch the Pods view show it")
+        # A pod-capable worker: private containerd, a CNI bridge, the busybox and pause images.
+        net = fixtures.CniNet()
+        ctrd = fixtures.Containerd(cni_conf_dir=net.conf_dir, name=fixtures.session().unique("ctrd"))
+        fixtures.import_images(ctrd, "k8s.io")
+        host = "ui-pod-node"
+        cfg = fixtures.daemon_config(redis=self.s.redis, containerd=ctrd, cni=net, secrets_paths=self.s.st.secrets,
+                                     **dict(self.s.st.base, **{"worker.hostname": host}))
+        worker = fixtures.Daemon("worker", cfg)
+        worker.start(wait_log=r"consuming")
+        marker = "dibba-ui-pod-%d" % os.getpid()
+        body = {"metadata": {"name": "ui-pod", "namespace": "default"},
+                "spec": {"nodeName": host, "containers": [
+                    {"name": "main", "image": fixtures.BUSYBOX_IMAGE,
+                     "command": ["sh", "-c", "echo %s; exec sleep 3600" % marker]}]}}
+        r = requests.post(self.s.url + "/v1/pods", params={"host": host}, headers=self.s.st.h, timeout=30, json=body)
+        self.assertLess(r.status_code, 300, "POST /v1/pods: %d %s" % (r.status_code, r.text))
+
+        async def run():
+            page = await Cdp.open(self.browser.port)
+            try:
+                await self.login(page)
+                await page.click(".tabs button[data-view='pods']")
+                row = "document.querySelector('#pods-body tr[data-pod=\"default/ui-pod\"]')"
+                await page.wait_js(row + " && %s.innerText.includes('Running')" % row, 120, "the pod Running")
+                await page.click("#pods-body tr[data-pod='default/ui-pod']")
+                await page.wait_js("document.getElementById('pod-logs').textContent.includes(%s)" % json.dumps(marker),
+                                   60, "the pod's log tail")
+                facts = await page.evaluate("document.getElementById('pod-facts').innerText")
+                self.assertRegex(facts, r"IP\s+\d+\.\d+\.\d+\.\d+")
+                await page.screenshot("09-pod")
+                await page.click("#logout")
+            finally:
+                await page.close()
+        try:
+            asyncio.run(asyncio.wait_for(run(), 240))
+        finally:
+            requests.delete(self.s.url + "/v1/pods/default/ui-pod", headers=self.s.st.h, timeout=60)
+            worker.close()
+            ctrd.close()
+            net.close()
 
     def submit_sleep(self, ms=3000):
         r = requests.post(self.s.url + "/v1/tasks", headers=self.s.st.h, timeout=10,
