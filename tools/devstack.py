@@ -262,7 +262,7 @@ def up(a):
         "redis": {"url": redis_url, "prefix": "dibba:"},
         "auth": {"jwt_secret_file": secret("jwt.secret")},
         "task": {"routing_key_file": secret("routing.key")},
-        "api": {"listen": "127.0.0.1:%d" % api_port},
+        "api": {"listen": "127.0.0.1:%d" % api_port, "ui_dir": os.path.join(SRC, "ui")},
         "worker": {"hostname": socket.gethostname(), "roles": "control", "state_dir": p("worker"),
                    "netns_dir": p("run", "netns"), "plugin_dir": os.path.join(build, "plugins")},
         "containerd": {"socket": ctrd, "namespace": NAMESPACE, "snapshotter": "overlayfs"},
@@ -313,6 +313,7 @@ def up(a):
     print()
     print("Dibba dev stack is up.")
     print("  API        http://127.0.0.1:%d   (health: curl %s)" % (api_port, url))
+    print("  dashboard  http://127.0.0.1:%d/ui/   (sign in as admin)" % api_port)
     print("  Redis      %s" % (redis_url.split("@")[-1] if "@" in redis_url else redis_url))
     print("  containerd %s   namespace %s" % (ctrd, NAMESPACE))
     print("  CNI        %s bridge %s subnet %s" % (NET_NAME, BRIDGE, subnet))

@@ -13,8 +13,10 @@
 #include "dibba/redis.h"
 
 #include "aws.h"
+#include "events.h"
 #include "schedules.h"
 #include "tasks.h"
+#include "ui.h"
 
 typedef struct api_s {
   dibba_daemon_t *d;
@@ -30,6 +32,8 @@ typedef struct api_s {
   api_tasks_t *tasks;
   api_aws_t *aws;             /* aws.c: EC2 instance routes (admin) */
   api_schedules_t *schedules; /* schedules.c; freed once Redis is closed */
+  api_ui_t *ui;               /* ui.c: the dashboard files under /ui */
+  api_events_t *events;       /* events.c: the dashboards' live task stream, GET /v1/events */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, tasks, aws, the echo WebSocket). */
+/* dibba-api: the HTTP + WebSocket control plane (wiring, Redis, health, metrics, tasks, aws, dashboard, the echo
+ * WebSocket). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,8 @@ static void metrics_hook(void *data, dibba_buf_t *out) {
                    (unsigned long long)st.connect_failures, (unsigned long long)st.timeouts,
                    (unsigned long long)api->audit_records, (unsigned long long)api->audit_errors);
   api_auth_metrics(api, out);
+  api_ui_metrics(api->ui, out);
+  api_events_metrics(api->events, out);
 }
 
 static void on_redis_connect(dibba_redis_t *r, int status, void *data) {
@@ -208,6 +211,12 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
                         &api->schedules, err, errlen);
   if (r < 0)
     return r;
+  r = api_ui_new(&d->loop, &d->cfg, api->router, &api->ui, err, errlen);
+  if (r < 0)
+    return r;
+  r = api_events_new(&d->loop, &d->cfg, api->redis, api->router, &api->events, err, errlen);
+  if (r < 0)
+    return r;
   dibba_http_server_set_metrics_hook(api->http, metrics_hook, api);
   dibba_http_server_set_response_hook(api->http, api_audit_response, api);
   raise_nofile();
@@ -248,6 +257,7 @@ void api_maybe_finish(api_t *api) {
 
 static void close_redis(api_t *api);
 static void close_tasks(api_t *api);
+static void close_dashboard(api_t *api);
 
 static void on_http_done(dibba_http_server_t *s, void *data) {
   api_t *api = data;
@@ -259,7 +269,7 @@ static void on_http_done(dibba_http_server_t *s, void *data) {
   dibba_log_info("dibba-api", NULL, "http server stopped");
   api_aws_close(api->aws);
   api->aws = NULL;
-  close_tasks(api);
+  close_dashboard(api);
   api->closes_pending--;
   api_maybe_finish(api);
 }
@@ -300,6 +310,35 @@ static void close_tasks(api_t *api) {
   }
 }
 
+static void on_ui_closed(void *data) {
+  api_t *api = data;
+  api->closes_pending--;
+  api_maybe_finish(api);
+}
+
+/* The event stream's record look-ups use the API's Redis client: tasks (and so Redis) close after it. */
+static void on_events_closed(void *data) {
+  api_t *api = data;
+  api->closes_pending--;
+  close_tasks(api);
+  api_maybe_finish(api);
+}
+
+static void close_dashboard(api_t *api) {
+  if (api->ui) {
+    api->closes_pending++;
+    api_ui_close(api->ui, on_ui_closed, api);
+    api->ui = NULL;
+  }
+  if (api->events) {
+    api->closes_pending++;
+    api_events_close(api->events, on_events_closed, api);
+    api->events = NULL;
+  } else {
+    close_tasks(api);
+  }
+}
+
 static void api_stop(dibba_daemon_t *d) {
   api_t *api = d->data;
   api->stopping = 1;
@@ -315,7 +354,7 @@ static void api_stop(dibba_daemon_t *d) {
   if (api->http == NULL) {
     api_aws_close(api->aws);
     api->aws = NULL;
-    close_tasks(api);
+    close_dashboard(api);
   }
   if (api->routing_key) {
     explicit_bzero(api->routing_key, api->routing_key_len);
@@ -327,7 +366,11 @@ static void api_stop(dibba_daemon_t *d) {
   api_maybe_finish(api);
 }
 
-static int api_reload(dibba_daemon_t *d, char *err, size_t errlen) { return api_users_reload(d->data, err, errlen); }
+static int api_reload(dibba_daemon_t *d, char *err, size_t errlen) {
+  api_t *api = d->data;
+  api_ui_reload(api->ui); /* asynchronous; logs its own outcome */
+  return api_users_reload(api, err, errlen);
+}
 
 static int api_command(dibba_daemon_t *d, int argc, char **argv) { return dibba_auth_command(&d->cfg, argc, argv); }
 

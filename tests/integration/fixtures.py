@@ -871,7 +871,7 @@ def daemon_config(redis=None, containerd=None, cni=None, secrets_paths=None, api
         "redis": {"url": redis.url if redis else "redis://127.0.0.1:1/0", "prefix": "dibba:%s:" % s.tag},
         "auth": {"jwt_secret_file": sp["jwt_secret_file"]},
         "task": {"routing_key_file": sp["routing_key_file"]},
-        "api": {"listen": "127.0.0.1:%d" % (api_port or free_port())},
+        "api": {"listen": "127.0.0.1:%d" % (api_port or free_port()), "ui_dir": os.path.join(SOURCE_DIR, "ui")},
         "worker": {"hostname": socket.gethostname(), "state_dir": s.path("worker-state"),
                    "plugin_dir": os.path.join(BUILD_DIR, "plugins"),
                    "netns_dir": NETNS_DIR},
