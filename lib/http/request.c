@@ -302,6 +302,11 @@ static int respond_owned(dibba_http_req_t *req, int status, const char *ctype, c
   char *head = build_head(req, status, ctype, clen, &hlen);
   req->state = REQ_DONE;
   req->status = status;
+  if (req->method == HTTP_HEAD) { /* RFC 9110 9.3.2: the same head as GET (Content-Length included), no body */
+    free(body);
+    body = NULL;
+    blen = 0;
+  }
   req->bytes_out = blen;
   emit(req, head, hlen, body, blen);
   free(head);
@@ -394,6 +399,8 @@ int dibba_http_stream_write(dibba_http_req_t *req, const void *data, size_t len)
     return 0;
   if (dibba__http_conn_out_bytes(req->conn) > req->srv->lim.write_hard_limit)
     return UV_ENOBUFS;
+  if (req->method == HTTP_HEAD) /* the head went out; a HEAD response has no body */
+    return 0;
   char *buf = dibba_xmalloc(len + 24);
   int n = snprintf(buf, 24, "%zx\r\n", len);
   memcpy(buf + n, data, len);
@@ -409,7 +416,8 @@ int dibba_http_stream_end(dibba_http_req_t *req) {
   req->state = REQ_DONE;
   if (req->conn == NULL || req->conn->closing || req->conn->shutting)
     return UV_ENOTCONN;
-  emit(req, NULL, 0, dibba_xstrdup("0\r\n\r\n"), 5);
+  if (req->method != HTTP_HEAD)
+    emit(req, NULL, 0, dibba_xstrdup("0\r\n\r\n"), 5);
   finish(req);
   dibba__http_conn_flush(req->conn);
   return 0;

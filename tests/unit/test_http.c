@@ -498,6 +498,28 @@ START_TEST(pipelining_in_order) {
 }
 END_TEST
 
+/* Regression: a HEAD answered by a GET route sent the body too, so the next pipelined response was read as
+ * part of it. Smallest input: HEAD then GET on one connection. */
+static void c_head(ctx_t *t) {
+  static const char req[] = "HEAD /echo/first HTTP/1.1\r\nHost: x\r\n\r\n"
+                            "GET /echo/second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  exchange(t, req, sizeof req - 1);
+}
+
+START_TEST(head_has_no_body) {
+  ctx_t t;
+  fixture_init(&t);
+  fixture_run(&t, c_head);
+  ck_assert_int_eq(status_of(t.out), 200);
+  ck_assert_ptr_nonnull(strstr(t.out, "Content-Length: 5\r\n")); /* the length GET would send */
+  const char *end = strstr(t.out, "\r\n\r\n");
+  ck_assert_ptr_nonnull(end);
+  ck_assert_msg(strncmp(end + 4, "HTTP/1.1 200", 12) == 0, "HEAD response carried a body: %s", t.out);
+  ck_assert_ptr_null(strstr(t.out, "first"));
+  ck_assert_ptr_nonnull(strstr(t.out, "\r\n\r\nsecond"));
+}
+END_TEST
+
 static void c_chunked(ctx_t *t) {
   static const char req[] = "POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                             "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n"
@@ -1016,6 +1038,7 @@ static Suite *suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_add_loop_test(tc, framing_rejected, 0, (int)(sizeof bad_framing / sizeof bad_framing[0]));
   tcase_add_test(tc, pipelining_in_order);
+  tcase_add_test(tc, head_has_no_body);
   tcase_add_test(tc, chunked_body_and_streaming);
   tcase_add_test(tc, expect_continue);
   tcase_add_loop_test(tc, limits, 0, 5);
