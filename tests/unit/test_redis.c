@@ -360,11 +360,40 @@ static int count_entry(const dibba_redis_entry_t *e, void *data) {
   return 0;
 }
 
+static const dibba_redis_script_t concat_script = {"return KEYS[1] .. '|' .. ARGV[1] .. '|' .. #ARGV[2]"};
+
+/* EVALSHA: queued before the connection is ready (the script is loaded ahead of it), binary arguments,
+ * and the NOSCRIPT fallback after SCRIPT FLUSH. */
+static void eval_checks(dibba_redis_t *r, res_t *queued) {
+  const char *argv[] = {"k", "a\0b", "12345"};
+  const size_t lens[] = {1, 3, 5};
+  WAIT(queued->called == 1, 5000);
+  ck_assert_int_eq(queued->status, 0);
+  ck_assert_uint_eq(queued->len, 7);
+  ck_assert_int_eq(memcmp(queued->str, "k|a\0b|5", 7), 0);
+  res_t flush = {0}, again = {0}, noargs = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &flush, NULL, "SCRIPT FLUSH"), 0);
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &again, NULL, 1, 3, argv, lens), 0);
+  WAIT(again.called == 1, 5000);
+  ck_assert_int_eq(flush.status, 0);
+  ck_assert_int_eq(again.status, 0);
+  ck_assert_uint_eq(again.len, 7);
+  ck_assert_int_eq(memcmp(again.str, "k|a\0b|5", 7), 0);
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &noargs, NULL, 2, 1, argv, lens), -EINVAL);
+  static const dibba_redis_script_t bad = {"return redis.call('NOSUCHCOMMAND')"};
+  ck_assert_int_eq(dibba_redis_eval(r, &bad, store_cb, &noargs, NULL, 0, 0, NULL, NULL), 0);
+  WAIT(noargs.called == 1, 5000);
+  ck_assert_int_eq(noargs.status, DIBBA_REDIS_EREPLY);
+}
+
 static void roundtrip(const char *url) {
   ev_t ev = {0};
   dibba_redis_t *r = client(url, &ev, NULL);
   /* Not connected yet: refused at once, or queued on request. */
-  res_t ping = {0}, set = {0}, get = {0}, hgetall = {0};
+  res_t ping = {0}, set = {0}, get = {0}, hgetall = {0}, evq = {0};
+  const char *eargv[] = {"k", "a\0b", "12345"};
+  const size_t elens[] = {1, 3, 5};
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &evq, &queue_opts, 1, 3, eargv, elens), 0);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, NULL, "PING"), UV_ENOTCONN);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, &queue_opts, "PING"), 0);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, NULL, "SUBSCRIBE x"), -EINVAL);
@@ -406,6 +435,7 @@ static void roundtrip(const char *url) {
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &xread, NULL, "XREAD COUNT 10 STREAMS st 0"), 0);
   WAIT(xread.called == 1, 5000);
   ck_assert_int_eq(xread.status, 0);
+  eval_checks(r, &evq);
   close_client(r, &ev);
   ck_assert_int_eq(ev.closed, 1);
 }
