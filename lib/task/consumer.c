@@ -28,9 +28,11 @@ struct route_s {
   char route[DIBBA_ROUTE_LEN + 1];
   char stream[KEYLEN];
   dibba_redis_t *rd; /* blocking reads only */
-  int reading, group_ok, group_pending, draining, claiming;
+  int reading, group_ok, group_pending, draining, claiming, want_read;
   char cursor[64];
   uint32_t limit, inflight;
+  ctask_t **starting; /* read but not yet sent: their STARTED goes out in one call (flush_starts) */
+  size_t nstarting;
 };
 
 struct ctask_s {
@@ -40,6 +42,7 @@ struct ctask_s {
   Dibba__V1__TaskEnvelope *env;
   char entry[64];
   char runid[DIBBA_ID_LEN + 1];
+  char rkey[KEYLEN];
   dibba_task_run_t run;
   int phase, run_started, run_done, resend, handback, sent;
   /* the outcome, kept so the final write can be re-sent after a lost reply */
@@ -59,7 +62,8 @@ struct dibba_task_consumer_s {
   dibba_redis_t *cmd;
   dibba_redis_sub_t *sub;
   uv_timer_t tick;
-  ctask_t head; /* circular list of tasks in flight */
+  uv_check_t after_io; /* reads wanted by tasks that ended during this loop turn are sent here, as one read */
+  ctask_t head;        /* circular list of tasks in flight */
   uint32_t vis_ms, block_ms, ttl_s, tick_ms;
   uint64_t next_claim, next_touch;
   int moving;
@@ -76,6 +80,37 @@ struct dibba_task_consumer_s {
 static void start_read(route_t *rt);
 static void send_state(ctask_t *t);
 static void maybe_close(dibba_task_consumer_t *c);
+
+/* prefix + "task:" + id + suffix into out (KEYLEN), truncated like snprintf; hot enough to avoid printf. */
+static void task_key(char out[KEYLEN], const char *prefix, const char *id, const char *suffix) {
+  const char *parts[] = {prefix, "task:", id, suffix};
+  size_t o = 0;
+  for (size_t i = 0; i < 4; i++) {
+    size_t n = strlen(parts[i]);
+    if (n > KEYLEN - 1 - o)
+      n = KEYLEN - 1 - o;
+    memcpy(out + o, parts[i], n);
+    o += n;
+  }
+  out[o] = '\0';
+}
+
+/* Decimal v into out (at least 21 bytes), NUL-terminated; returns out. */
+static char *fmt_i64(char *out, int64_t v) {
+  char tmp[24];
+  size_t n = 0, o = 0;
+  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  do {
+    tmp[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0)
+    out[o++] = '-';
+  while (n)
+    out[o++] = tmp[--n];
+  out[o] = '\0';
+  return out;
+}
 
 static json_t *lf(const ctask_t *t) {
   return json_pack("{s:s, s:s, s:s}", "task_id", t->env ? t->env->id : "", "task", t->env ? t->env->name : "", "entry",
@@ -107,7 +142,7 @@ static void task_free(ctask_t *t) {
   if (c->stopping)
     maybe_close(c);
   else
-    start_read(rt);
+    rt->want_read = 1; /* after_io: one read for all the slots freed in this turn, not one read per slot */
 }
 
 /* ---- acks of entries that are never run ---- */
@@ -138,18 +173,15 @@ typedef struct state_args_s {
 
 static int eval_state(dibba_task_consumer_t *c, route_t *rt, const char *id, const state_args_t *a, dibba_redis_cb cb,
                       void *data) {
-  char rkey[KEYLEN], chan[KEYLEN], now_s[24], ttl_s[16], due_s[24], att_s[16];
-  snprintf(rkey, sizeof rkey, "%stask:%s", c->prefix, id);
-  snprintf(chan, sizeof chan, "%stask:%s:ev", c->prefix, id);
-  snprintf(now_s, sizeof now_s, "%" PRId64, dibba_now_ms());
-  snprintf(ttl_s, sizeof ttl_s, "%" PRIu32, c->ttl_s);
-  snprintf(due_s, sizeof due_s, "%" PRId64, a->retry_due);
-  snprintf(att_s, sizeof att_s, "%" PRIu32, a->attempt);
+  char rkey[KEYLEN], chan[KEYLEN], now_s[24], ttl_s[24], due_s[24], att_s[24];
+  task_key(rkey, c->prefix, id, "");
+  task_key(chan, c->prefix, id, ":ev");
+  fmt_i64(now_s, dibba_now_ms());
+  fmt_i64(ttl_s, c->ttl_s);
+  fmt_i64(due_s, a->retry_due);
+  fmt_i64(att_s, a->attempt);
   int has_retry = a->retry && a->retry->e;
-  const char *argv[] = {"EVAL",
-                        dibba__lua_state,
-                        "2",
-                        rkey,
+  const char *argv[] = {rkey,
                         rt->stream,
                         id,
                         a->state,
@@ -172,11 +204,11 @@ static int eval_state(dibba_task_consumer_t *c, route_t *rt, const char *id, con
                         att_s};
   size_t n = sizeof argv / sizeof argv[0], len[sizeof argv / sizeof argv[0]];
   for (size_t i = 0; i < n; i++)
-    len[i] = i == 20 || i == 21 ? 0 : strlen(argv[i]);
-  len[20] = has_retry ? a->retry->elen : 0;
-  len[21] = has_retry ? DIBBA_ENVELOPE_MAC_LEN : 0;
+    len[i] = i == 17 || i == 18 ? 0 : strlen(argv[i]);
+  len[17] = has_retry ? a->retry->elen : 0;
+  len[18] = has_retry ? DIBBA_ENVELOPE_MAC_LEN : 0;
   dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
-  return dibba_redis_command_argv(c->cmd, cb, data, &o, (int)n, argv, len);
+  return dibba_redis_eval(c->cmd, &dibba__lua_state, cb, data, &o, 2, (int)n, argv, len);
 }
 
 /* ---- running ---- */
@@ -215,7 +247,8 @@ static void on_run_done(dibba_task_run_t *r) {
   t->phase = P_FINISH;
   t->fin_state = r->state;
   if (r->state == DIBBA_TASK_SUCCESS) {
-    t->fin_result = json_dumps(r->result, JSON_COMPACT | JSON_ENCODE_ANY);
+    t->fin_result =
+        json_is_null(r->result) ? dibba_xstrdup("null") : json_dumps(r->result, JSON_COMPACT | JSON_ENCODE_ANY);
   } else if (r->state == DIBBA_TASK_RETRY) {
     Dibba__V1__TaskEnvelope next = *t->env;
     int64_t now = dibba_now_ms();
@@ -266,6 +299,28 @@ static void run_task(ctask_t *t) {
     t->run.on_progress = on_run_progress;
 }
 
+/* The STARTED transition answered v (see dibba__lua_state). */
+static void start_result(ctask_t *t, long long v) {
+  dibba_task_consumer_t *c = t->c;
+  if (v > 0 && !c->stopping) {
+    run_task(t);
+    return;
+  }
+  if (v > 0) { /* started, but we are stopping: give it back untouched */
+    send_handback(t);
+    return;
+  }
+  if (v == -2) {
+    c->st.revoked++;
+    dibba_log_info("task", lf(t), "revoked before it ran");
+  } else {
+    c->st.rejected_replay++;
+    dibba_log_warn("task", lf(t),
+                   v == 0 ? "rejected: the task is already final (replay or redelivery)" : "rejected: no task record");
+  }
+  task_free(t);
+}
+
 static void state_done(dibba_redis_t *r, int status, redisReply *reply, void *data) {
   ctask_t *t = data;
   dibba_task_consumer_t *c = t->c;
@@ -281,24 +336,7 @@ static void state_done(dibba_redis_t *r, int status, redisReply *reply, void *da
     return;
   }
   if (t->phase == P_START) {
-    if (v > 0 && !c->stopping) {
-      run_task(t);
-      return;
-    }
-    if (v > 0) { /* started, but we are stopping: give it back untouched */
-      send_handback(t);
-      return;
-    }
-    if (v == -2) {
-      c->st.revoked++;
-      dibba_log_info("task", lf(t), "revoked before it ran");
-    } else {
-      c->st.rejected_replay++;
-      dibba_log_warn("task", lf(t),
-                     v == 0 ? "rejected: the task is already final (replay or redelivery)"
-                            : "rejected: no task record");
-    }
-    task_free(t);
+    start_result(t, v);
     return;
   }
   /* P_FINISH */
@@ -339,6 +377,75 @@ static void send_state(ctask_t *t) {
   }
 }
 
+/* ---- STARTED for a whole read ---- */
+
+typedef struct start_batch_s {
+  size_t n;
+  ctask_t *t[];
+} start_batch_t;
+
+static void starts_done(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  start_batch_t *b = data;
+  (void)r;
+  if (status == 0 && (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->n))
+    status = DIBBA_EPROTO;
+  for (size_t i = 0; status == 0 && i < b->n; i++)
+    if (reply->element[i]->type != REDIS_REPLY_INTEGER)
+      status = DIBBA_EPROTO;
+  if (status == DIBBA_REDIS_EREPLY && reply && reply->str)
+    dibba_log_error("task", json_pack("{s:s}", "error", reply->str), "start script");
+  for (size_t i = 0; i < b->n; i++) {
+    ctask_t *t = b->t[i];
+    t->sent = 0;
+    if (status < 0)
+      t->resend = 1; /* each is sent again on its own (the state script) by the tick */
+    else
+      start_result(t, reply->element[i]->integer);
+  }
+  free(b);
+}
+
+/* Send the STARTED transitions of the tasks read since the last flush as one script call. */
+static void flush_starts(route_t *rt) {
+  dibba_task_consumer_t *c = rt->c;
+  size_t n = rt->nstarting;
+  if (n == 0)
+    return;
+  rt->nstarting = 0;
+  char now_s[24], ttl_s[24];
+  size_t argc = 2 + n + 3 + 3 * n;
+  const char **argv = dibba_xcalloc(argc, sizeof *argv);
+  char(*att)[24] = dibba_xcalloc(n, sizeof *att);
+  start_batch_t *b = dibba_xmalloc(sizeof *b + n * sizeof b->t[0]);
+  b->n = n;
+  size_t k = 0, a = 2 + n;
+  argv[k++] = rt->stream;
+  argv[k++] = c->revoked_key;
+  argv[a++] = fmt_i64(now_s, dibba_now_ms());
+  argv[a++] = c->consumer;
+  argv[a++] = fmt_i64(ttl_s, c->ttl_s);
+  for (size_t i = 0; i < n; i++) {
+    ctask_t *t = rt->starting[i];
+    b->t[i] = t;
+    t->resend = 0;
+    t->sent = 1;
+    argv[k++] = t->rkey;
+    argv[a++] = t->env->id;
+    argv[a++] = t->entry;
+    argv[a++] = fmt_i64(att[i], t->env->attempt);
+  }
+  dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  if (dibba_redis_eval(c->cmd, &dibba__lua_start, starts_done, b, &o, (int)(2 + n), (int)argc, argv, NULL) < 0) {
+    for (size_t i = 0; i < n; i++) {
+      b->t[i]->sent = 0;
+      b->t[i]->resend = 1;
+    }
+    free(b);
+  }
+  free(att);
+  free(argv);
+}
+
 /* ---- entries ---- */
 
 static int on_entry(const dibba_redis_entry_t *e, void *data) {
@@ -347,21 +454,20 @@ static int on_entry(const dibba_redis_entry_t *e, void *data) {
   const char *ev, *mv;
   size_t elen, mlen;
   Dibba__V1__TaskEnvelope *env = NULL;
-  json_t *f = json_pack("{s:s%, s:s}", "entry", e->id, e->id_len, "route", rt->route);
+  json_t *f;
 
-  if (find_entry(c, rt, e->id, e->id_len)) {
-    json_decref(f);
+  if (find_entry(c, rt, e->id, e->id_len))
     return 0;
-  }
   if (e->fields == NULL) { /* deleted while pending: nothing to run */
-    json_decref(f);
     ack_only(rt, e->id, e->id_len);
     return 0;
   }
+  f = NULL; /* log fields, built only when something is logged */
+#define F() (f ? f : (f = json_pack("{s:s%, s:s}", "entry", e->id, e->id_len, "route", rt->route)))
   if (dibba_redis_reply_field(e->fields, DIBBA_ENVELOPE_FIELD, &ev, &elen) < 0 ||
       dibba_redis_reply_field(e->fields, DIBBA_ENVELOPE_MAC_FIELD, &mv, &mlen) < 0) {
     c->st.rejected_malformed++;
-    dibba_log_warn("task", f, "rejected: malformed stream entry");
+    dibba_log_warn("task", F(), "rejected: malformed stream entry");
     ack_only(rt, e->id, e->id_len);
     return 0;
   }
@@ -371,7 +477,7 @@ static int on_entry(const dibba_redis_entry_t *e, void *data) {
     Dibba__V1__TaskEnvelope *x = dibba__v1__task_envelope__unpack(NULL, elen, (const uint8_t *)ev);
     c->st.rejected_expired++;
     if (x && x->id && dibba_id_valid(x->id)) {
-      json_object_set_new(f, "task_id", json_string(x->id));
+      json_object_set_new(F(), "task_id", json_string(x->id));
       char *err = error_json("EEXPIRED", "expired");
       char idz[64];
       snprintf(idz, sizeof idz, "%.*s", (int)(e->id_len < 63 ? e->id_len : 63), e->id);
@@ -383,7 +489,7 @@ static int on_entry(const dibba_redis_entry_t *e, void *data) {
       ack_only(rt, e->id, e->id_len);
     }
     dibba_envelope_free(x);
-    dibba_log_warn("task", f, "rejected: expired envelope");
+    dibba_log_warn("task", F(), "rejected: expired envelope");
     return 0;
   }
   if (rc < 0) {
@@ -393,14 +499,14 @@ static int on_entry(const dibba_redis_entry_t *e, void *data) {
       c->st.rejected_replay++;
     else
       c->st.rejected_malformed++;
-    dibba_log_warn("task", f, "rejected: %s",
+    dibba_log_warn("task", F(), "rejected: %s",
                    rc == DIBBA_EFORGED   ? "bad MAC (forged)"
                    : rc == DIBBA_EREPLAY ? "envelope for another route"
                                          : "malformed envelope");
     ack_only(rt, e->id, e->id_len);
     return 0;
   }
-  json_decref(f);
+#undef F
   c->st.received++;
   ctask_t *t = dibba_xcalloc(1, sizeof *t);
   t->c = c;
@@ -414,7 +520,10 @@ static int on_entry(const dibba_redis_entry_t *e, void *data) {
   c->head.prev = t;
   rt->inflight++;
   t->phase = P_START;
-  send_state(t);
+  task_key(t->rkey, c->prefix, env->id, "");
+  if (rt->nstarting == rt->limit)
+    flush_starts(rt);                /* not reached: a read asks for at most limit - inflight entries */
+  rt->starting[rt->nstarting++] = t; /* flush_starts, once the whole reply is read */
   return 0;
 }
 
@@ -474,6 +583,7 @@ static void read_done(dibba_redis_t *r, int status, redisReply *reply, void *dat
   }
   if (dibba_redis_reply_entries(reply, on_entry, rt) == DIBBA_EPROTO)
     dibba_log_error("task", json_pack("{s:s}", "route", rt->route), "malformed XREADGROUP reply");
+  flush_starts(rt);
   start_read(rt);
 }
 
@@ -515,6 +625,7 @@ static void claim_done(dibba_redis_t *r, int status, redisReply *reply, void *da
   uint64_t before = rt->c->st.received + rt->c->st.rejected_forged + rt->c->st.rejected_expired +
                     rt->c->st.rejected_replay + rt->c->st.rejected_malformed;
   (void)dibba_redis_reply_entries(ents, on_entry, rt);
+  flush_starts(rt);
   uint64_t after = rt->c->st.received + rt->c->st.rejected_forged + rt->c->st.rejected_expired +
                    rt->c->st.rejected_replay + rt->c->st.rejected_malformed;
   if (after > before) {
@@ -571,8 +682,8 @@ static void move_delayed(dibba_task_consumer_t *c) {
   if (c->moving)
     return;
   snprintf(now_s, sizeof now_s, "%" PRId64, dibba_now_ms());
-  const char *argv[] = {"EVAL", dibba__lua_mover, "1", c->delayed_key, now_s, "500", c->prefix};
-  if (dibba_redis_command_argv(c->cmd, mover_done, c, NULL, 7, argv, NULL) == 0)
+  const char *argv[] = {c->delayed_key, now_s, "500", c->prefix};
+  if (dibba_redis_eval(c->cmd, &dibba__lua_mover, mover_done, c, NULL, 1, 4, argv, NULL) == 0)
     c->moving = 1;
 }
 
@@ -651,9 +762,22 @@ static void on_tick(uv_timer_t *h) {
   }
 }
 
+static void on_after_io(uv_check_t *h) {
+  dibba_task_consumer_t *c = h->data;
+  for (size_t i = 0; i < c->nroutes; i++) {
+    route_t *rt = &c->routes[i];
+    if (rt->want_read) {
+      rt->want_read = 0;
+      start_read(rt);
+    }
+  }
+}
+
 /* ---- life cycle ---- */
 
 static void consumer_free(dibba_task_consumer_t *c) {
+  for (size_t i = 0; c->routes && i < c->nroutes; i++)
+    free(c->routes[i].starting);
   free(c->routes);
   free(c->prefix);
   free(c->consumer);
@@ -684,15 +808,17 @@ static void sub_closed(dibba_redis_sub_t *s, void *data) {
   one_closed(data);
 }
 static void tick_closed(uv_handle_t *h) { one_closed(h->data); }
+static void check_closed(uv_handle_t *h) { one_closed(h->data); }
 
 static void maybe_close(dibba_task_consumer_t *c) {
   if (c->closing || c->head.next != &c->head)
     return;
   c->closing = 1;
-  c->pending_closes += 3; /* cmd, sub, tick (the read connections were counted when closed) */
+  c->pending_closes += 4; /* cmd, sub, tick, after_io (the read connections were counted when closed) */
   dibba_redis_close(c->cmd, rd_closed);
   dibba_redis_sub_close(c->sub, sub_closed);
   uv_close((uv_handle_t *)&c->tick, tick_closed);
+  uv_close((uv_handle_t *)&c->after_io, check_closed);
 }
 
 static void on_cmd_connect(dibba_redis_t *r, int status, void *data) {
@@ -747,6 +873,7 @@ int dibba_task_consumer_new(uv_loop_t *loop, const dibba_task_consumer_options_t
     rt->limit = conc / (uint32_t)c->nroutes;
     if (rt->limit == 0)
       rt->limit = 1;
+    rt->starting = dibba_xcalloc(rt->limit, sizeof *rt->starting);
     rt->draining = 1;
     snprintf(rt->cursor, sizeof rt->cursor, "0");
   }
@@ -779,6 +906,9 @@ int dibba_task_consumer_new(uv_loop_t *loop, const dibba_task_consumer_options_t
   uv_timer_init(loop, &c->tick);
   c->tick.data = c;
   uv_timer_start(&c->tick, on_tick, c->tick_ms, c->tick_ms);
+  uv_check_init(loop, &c->after_io);
+  c->after_io.data = c;
+  uv_check_start(&c->after_io, on_after_io);
   *out = c;
   return 0;
 fail:

@@ -11,12 +11,12 @@
 #include "dibba/alloc.h"
 #include "dibba/error.h"
 #include "dibba/task.h"
+#include "task_int.h"
 
 static int mac_bytes(const dibba_task_key_t *k, const void *e, size_t elen, uint8_t out[DIBBA_ENVELOPE_MAC_LEN]) {
-  unsigned int n = 0;
-  if (HMAC(EVP_sha256(), k->mac_key, sizeof k->mac_key, e, elen, out, &n) == NULL || n != DIBBA_ENVELOPE_MAC_LEN)
+  if (k->envelope_mac == NULL)
     return -EINVAL;
-  return 0;
+  return dibba__task_mac(k->envelope_mac, e, elen, NULL, 0, out);
 }
 
 static int shape_ok(const Dibba__V1__TaskEnvelope *env) {

@@ -99,10 +99,7 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
   snprintf(retr_s, sizeof retr_s, "%" PRIu32, s->max_retries);
   snprintf(due_s, sizeof due_s, "%" PRId64, due);
   int delayed = due > now;
-  const char *argv[] = {"EVAL",
-                        dibba__lua_submit,
-                        "2",
-                        rkey,
+  const char *argv[] = {rkey,
                         delayed ? dkey : skey,
                         id_out,
                         s->name,
@@ -118,15 +115,16 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
                         skey};
   size_t argvlen[sizeof argv / sizeof argv[0]];
   for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-    argvlen[i] = i == 12 || i == 13 ? 0 : strlen(argv[i]);
-  argvlen[12] = w.elen; /* binary: envelope bytes and MAC */
-  argvlen[13] = DIBBA_ENVELOPE_MAC_LEN;
+    argvlen[i] = i == 9 || i == 10 ? 0 : strlen(argv[i]);
+  argvlen[9] = w.elen; /* binary: envelope bytes and MAC */
+  argvlen[10] = DIBBA_ENVELOPE_MAC_LEN;
   submit_req_t *q = dibba_xcalloc(1, sizeof *q);
   q->cb = cb;
   q->data = data;
   memcpy(q->id, id_out, sizeof q->id);
   dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
-  rc = dibba_redis_command_argv(r, submit_done, q, &o, (int)(sizeof argv / sizeof argv[0]), argv, argvlen);
+  rc = dibba_redis_eval(r, &dibba__lua_submit, submit_done, q, &o, 2, (int)(sizeof argv / sizeof argv[0]), argv,
+                        argvlen);
   if (rc < 0) {
     free(q);
     dibba_error_set(err, errlen, rc, "redis: %s", dibba_redis_strerror(rc));
@@ -248,11 +246,12 @@ int dibba_task_revoke(dibba_redis_t *r, const char *prefix, const char *id, dibb
   snprintf(rchan, sizeof rchan, "%srevoke", prefix);
   snprintf(now_s, sizeof now_s, "%" PRId64, dibba_now_ms());
   snprintf(ttl_s, sizeof ttl_s, "%d", DIBBA_TASK_RESULT_TTL_S);
-  const char *argv[] = {"EVAL", dibba__lua_revoke, "2", rkey, skey, id, now_s, chan, rchan, ttl_s};
+  const char *argv[] = {rkey, skey, id, now_s, chan, rchan, ttl_s};
   revoke_req_t *q = dibba_xcalloc(1, sizeof *q);
   q->cb = cb;
   q->data = data;
-  int rc = dibba_redis_command_argv(r, revoke_done, q, NULL, (int)(sizeof argv / sizeof argv[0]), argv, NULL);
+  int rc =
+      dibba_redis_eval(r, &dibba__lua_revoke, revoke_done, q, NULL, 2, (int)(sizeof argv / sizeof argv[0]), argv, NULL);
   if (rc < 0)
     free(q);
   return rc;

@@ -5,11 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
 #include "dibba/alloc.h"
 #include "dibba/route.h"
+#include "task_int.h"
 
 #define ROLE_NAME_MAX 64
 
@@ -28,6 +30,28 @@ static int hmac2(const unsigned char *key, size_t keylen, const char *label, siz
   return 0;
 }
 
+/* An HMAC-SHA256 context keyed with key, or NULL. */
+static void *keyed_mac(const unsigned char *key, size_t keylen) {
+  EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  EVP_MAC_CTX *ctx = m ? EVP_MAC_CTX_new(m) : NULL;
+  EVP_MAC_free(m);
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                         OSSL_PARAM_construct_end()};
+  if (ctx == NULL || EVP_MAC_init(ctx, key, keylen, params) != 1) {
+    EVP_MAC_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+int dibba__task_mac(void *ctx, const void *a, size_t alen, const void *b, size_t blen, unsigned char out[32]) {
+  size_t n = 0;
+  if (EVP_MAC_init(ctx, NULL, 0, NULL) != 1 || EVP_MAC_update(ctx, a, alen) != 1 ||
+      (blen && EVP_MAC_update(ctx, b, blen) != 1) || EVP_MAC_final(ctx, out, &n, 32) != 1 || n != 32)
+    return -EINVAL;
+  return 0;
+}
+
 int dibba_task_key_init(dibba_task_key_t *k, const void *secret, size_t len) {
   memset(k, 0, sizeof *k);
   if (secret == NULL || len < DIBBA_TASK_KEY_MIN || len > DIBBA_TASK_KEY_MAX)
@@ -36,12 +60,20 @@ int dibba_task_key_init(dibba_task_key_t *k, const void *secret, size_t len) {
   memcpy(k->secret, secret, len);
   k->secret_len = len;
   int r = hmac2(k->secret, len, MAC_LABEL, sizeof MAC_LABEL - 1, "", 0, k->mac_key);
+  if (r == 0) {
+    k->route_mac = keyed_mac(k->secret, len);
+    k->envelope_mac = keyed_mac(k->mac_key, sizeof k->mac_key);
+    if (k->route_mac == NULL || k->envelope_mac == NULL)
+      r = -ENOMEM;
+  }
   if (r < 0)
     dibba_task_key_free(k);
   return r;
 }
 
 void dibba_task_key_free(dibba_task_key_t *k) {
+  EVP_MAC_CTX_free(k->route_mac);
+  EVP_MAC_CTX_free(k->envelope_mac);
   if (k->secret) {
     OPENSSL_cleanse(k->secret, k->secret_len);
     free(k->secret);
@@ -75,9 +107,9 @@ size_t dibba_base32_encode(const void *data, size_t n, char *out, size_t outlen)
 static int route_of(const dibba_task_key_t *k, const char *label, size_t label_len, const char *name, size_t n,
                     char out[DIBBA_ROUTE_LEN + 1]) {
   unsigned char mac[32];
-  if (k == NULL || k->secret == NULL)
+  if (k == NULL || k->secret == NULL || k->route_mac == NULL)
     return -EINVAL;
-  int r = hmac2(k->secret, k->secret_len, label, label_len, name, n, mac);
+  int r = dibba__task_mac(k->route_mac, label, label_len, name, n, mac);
   if (r < 0)
     return r;
   dibba_base32_encode(mac, sizeof mac, out, DIBBA_ROUTE_LEN + 1);

@@ -295,6 +295,46 @@ START_TEST(jwt_string_times_rejected) {
 }
 END_TEST
 
+/* The second verify of the same text reuses its parse; every check still runs on every call. */
+START_TEST(jwt_reuse_keeps_checks) {
+  dibba_auth_jwt_t j;
+  dibba_auth_claims_t c;
+  jwt_hs256(&j);
+  char *pl = claims_json("alice", "admin", "1800000000", "1800000000", "1800003600");
+  char *t = craft(HS256, pl, EVP_sha256());
+  ck_assert_int_eq(verify(&j, t), 0);
+  ck_assert_int_eq(dibba_auth_jwt_verify(&j, t, strlen(t), NOW, &c), 0);
+  ck_assert_str_eq(c.sub, "alice");
+  ck_assert_str_eq(c.jti, "x-1");
+  ck_assert_int_eq(c.role, DIBBA_AUTH_ROLE_ADMIN);
+  ck_assert_int_eq(c.exp, 1800003600);
+  /* same payload text: later clock, bad signature, other key, other algorithm in the header */
+  ck_assert_int_eq(dibba_auth_jwt_verify(&j, t, strlen(t), 1800003700, &c), DIBBA_EEXPIRED);
+  ck_assert_int_eq(dibba_auth_jwt_verify(&j, t, strlen(t), 1799999000, &c), -ERANGE);
+  char *bad = dibba_xstrdup(t);
+  bad[strlen(bad) - 2] = bad[strlen(bad) - 2] == 'A' ? 'B' : 'A';
+  ck_assert_int_eq(verify(&j, bad), DIBBA_EFORGED);
+  char *other = craft_key(HS256, pl, EVP_sha256(), "another key of at least thirty-two bytes!");
+  ck_assert_int_eq(verify(&j, other), DIBBA_EFORGED);
+  char *h384 = craft("{\"alg\":\"HS384\",\"typ\":\"JWT\"}", pl, EVP_sha384());
+  ck_assert_int_eq(verify(&j, h384), DIBBA_EFORGED);
+  /* the other canonical order of the header, and a header that must be parsed */
+  char *swapped = craft("{\"typ\":\"JWT\",\"alg\":\"HS256\"}", pl, EVP_sha256());
+  ck_assert_int_eq(verify(&j, swapped), 0);
+  char *crit = craft("{\"alg\":\"HS256\",\"crit\":[\"x\"]}", pl, EVP_sha256());
+  ck_assert_int_eq(verify(&j, crit), DIBBA_EFORGED);
+  free(pl);
+  free(t);
+  free(bad);
+  free(other);
+  free(h384);
+  free(swapped);
+  free(crit);
+  dibba_auth_jwt_free(&j);
+  dibba_auth_jwt_free(&j); /* twice is fine */
+}
+END_TEST
+
 START_TEST(jwt_time_window) {
   dibba_auth_jwt_t j;
   char *t = NULL;
@@ -1209,6 +1249,7 @@ static Suite *suite(void) {
   Suite *s = suite_create("auth");
   TCase *tc = tcase_create("jwt");
   tcase_add_test(tc, jwt_valid_token_accepted);
+  tcase_add_test(tc, jwt_reuse_keeps_checks);
   tcase_add_test(tc, jwt_alg_none_rejected);
   tcase_add_test(tc, jwt_other_key_rejected);
   tcase_add_test(tc, jwt_rs256_header_rejected);

@@ -413,11 +413,40 @@ static int count_entry(const dibba_redis_entry_t *e, void *data) {
   return 0;
 }
 
+static const dibba_redis_script_t concat_script = {"return KEYS[1] .. '|' .. ARGV[1] .. '|' .. #ARGV[2]"};
+
+/* EVALSHA: queued before the connection is ready (the script is loaded ahead of it), binary arguments,
+ * and the NOSCRIPT fallback after SCRIPT FLUSH. */
+static void eval_checks(dibba_redis_t *r, res_t *queued) {
+  const char *argv[] = {"k", "a\0b", "12345"};
+  const size_t lens[] = {1, 3, 5};
+  WAIT(queued->called == 1, 5000);
+  ck_assert_int_eq(queued->status, 0);
+  ck_assert_uint_eq(queued->len, 7);
+  ck_assert_int_eq(memcmp(queued->str, "k|a\0b|5", 7), 0);
+  res_t flush = {0}, again = {0}, noargs = {0};
+  ck_assert_int_eq(dibba_redis_command(r, store_cb, &flush, NULL, "SCRIPT FLUSH"), 0);
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &again, NULL, 1, 3, argv, lens), 0);
+  WAIT(again.called == 1, 5000);
+  ck_assert_int_eq(flush.status, 0);
+  ck_assert_int_eq(again.status, 0);
+  ck_assert_uint_eq(again.len, 7);
+  ck_assert_int_eq(memcmp(again.str, "k|a\0b|5", 7), 0);
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &noargs, NULL, 2, 1, argv, lens), -EINVAL);
+  static const dibba_redis_script_t bad = {"return redis.call('NOSUCHCOMMAND')"};
+  ck_assert_int_eq(dibba_redis_eval(r, &bad, store_cb, &noargs, NULL, 0, 0, NULL, NULL), 0);
+  WAIT(noargs.called == 1, 5000);
+  ck_assert_int_eq(noargs.status, DIBBA_REDIS_EREPLY);
+}
+
 static void roundtrip(const char *url) {
   ev_t ev = {0};
   dibba_redis_t *r = client(url, &ev, NULL);
   /* Not connected yet: refused at once, or queued on request. */
-  res_t ping = {0}, set = {0}, get = {0}, hgetall = {0};
+  res_t ping = {0}, set = {0}, get = {0}, hgetall = {0}, evq = {0};
+  const char *eargv[] = {"k", "a\0b", "12345"};
+  const size_t elens[] = {1, 3, 5};
+  ck_assert_int_eq(dibba_redis_eval(r, &concat_script, store_cb, &evq, &queue_opts, 1, 3, eargv, elens), 0);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, NULL, "PING"), UV_ENOTCONN);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, &queue_opts, "PING"), 0);
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &ping, NULL, "SUBSCRIBE x"), -EINVAL);
@@ -459,6 +488,7 @@ static void roundtrip(const char *url) {
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &xread, NULL, "XREAD COUNT 10 STREAMS st 0"), 0);
   WAIT(xread.called == 1, 5000);
   ck_assert_int_eq(xread.status, 0);
+  eval_checks(r, &evq);
   close_client(r, &ev);
   ck_assert_int_eq(ev.closed, 1);
 }
@@ -965,6 +995,35 @@ static void wait_cb(dibba_redis_t *r, int status, redisReply *reply, void *data)
   store_cb(r, status, reply, &w->res);
 }
 
+static const dibba_redis_script_t incr_script = {"return redis.call('INCRBY', KEYS[1], ARGV[1])"};
+
+static void exists_cb(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  const redisReply *e = status == 0 ? dibba_redis_reply_at(reply, 0) : NULL;
+  *(int *)data = e && e->type == REDIS_REPLY_INTEGER ? (int)e->integer : -1;
+}
+
+/* SCRIPT EXISTS sha on r's connection, so it runs after any SCRIPT LOAD the client sent there: 1 or 0. */
+static int script_exists(dibba_redis_t *r, const char *sha) {
+  int ex = -2;
+  ck_assert_int_eq(dibba_redis_command(r, exists_cb, &ex, NULL, "SCRIPT EXISTS %s", sha), 0);
+  WAIT(ex != -2, 5000);
+  ck_assert_int_ge(ex, 0);
+  return ex;
+}
+
+/* The SHA-1 of s as the server computes it, loaded and then flushed on port (so the test needs no SHA-1). */
+static void script_sha(int port, const dibba_redis_script_t *s, char sha[41]) {
+  redisReply *rep = sync_cmd(port, "SCRIPT LOAD %s", s->text);
+  ck_assert_ptr_nonnull(rep);
+  ck_assert_int_eq(rep->type, REDIS_REPLY_STRING);
+  ck_assert_uint_eq(rep->len, 40);
+  memcpy(sha, rep->str, 41);
+  freeReplyObject(rep);
+  rep = sync_cmd(port, "SCRIPT FLUSH");
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
+}
+
 /* Sentinel-mode checks that need no sentinel: ROLE before ready, READONLY → reconnect at once, WAIT. */
 START_TEST(role_readonly_wait) {
   srv_t a, b;
@@ -1015,9 +1074,39 @@ START_TEST(role_readonly_wait) {
   ck_assert_int_eq(w3.res.status, DIBBA_REDIS_EREPLY);
   ck_assert_ptr_nonnull(strstr(w3.res.str, "WRONGTYPE"));
 
+  /* EVALSHA with WAIT behind it; after SCRIPT FLUSH the NOSCRIPT fallback sends EVAL and WAIT again, and the
+   * script runs once (ctr 3 -> 13 -> 113); asking two replicas gives DIBBA_REDIS_EWAIT with the script's reply. */
+  char sha[41];
+  script_sha(a.port, &incr_script, sha);
+  const char *ev_argv[] = {"ctr", "10"};
+  wres_t e1 = {0}, e2 = {0}, e3 = {0};
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &e1, &wo, 1, 2, ev_argv, NULL), 0);
+  WAIT(e1.res.called == 1, 5000);
+  ck_assert_int_eq(e1.res.status, 0);
+  ck_assert_int_eq(e1.res.integer, 13);
+  ck_assert_int_eq(e1.acked, 1);
+  ck_assert_int_eq(script_exists(r, sha), 1);
+  redisReply *rep = sync_cmd(a.port, "SCRIPT FLUSH");
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
+  ev_argv[1] = "100";
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &e2, &wo, 1, 2, ev_argv, NULL), 0);
+  WAIT(e2.res.called == 1, 5000);
+  ck_assert_int_eq(e2.res.status, 0);
+  ck_assert_int_eq(e2.res.type, REDIS_REPLY_INTEGER);
+  ck_assert_int_eq(e2.res.integer, 113);
+  ck_assert_int_eq(e2.acked, 1);
+  ck_assert_int_eq(script_exists(r, sha), 1); /* EVAL loaded it again */
+  ev_argv[1] = "-110";
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &e3, &wo2, 1, 2, ev_argv, NULL), 0);
+  WAIT(e3.res.called == 1, 5000);
+  ck_assert_int_eq(e3.res.status, DIBBA_REDIS_EWAIT);
+  ck_assert_int_eq(e3.res.integer, 3);
+  ck_assert_int_eq(e3.acked, 1);
+
   /* Demote a behind the client's back (b takes over): the next write gets READONLY, the client drops the
    * connection with DIBBA_REDIS_ENOTMASTER and re-resolves at once (no backoff), and ROLE keeps it off a. */
-  redisReply *rep = sync_cmd(b.port, "REPLICAOF NO ONE");
+  rep = sync_cmd(b.port, "REPLICAOF NO ONE");
   ck_assert_ptr_nonnull(rep);
   freeReplyObject(rep);
   rep = sync_cmd(a.port, "REPLICAOF 127.0.0.1 %d", b.port);
@@ -1032,13 +1121,25 @@ START_TEST(role_readonly_wait) {
   int before = ev.failures;
   WAIT(ev.failures > before, 2000);
   ck_assert_int_eq(ev.last_fail, DIBBA_REDIS_ENOTMASTER);
+  /* The new master must not have the script from anywhere else: the client loads it on connect. */
+  rep = sync_cmd(b.port, "SCRIPT FLUSH");
+  ck_assert_ptr_nonnull(rep);
+  freeReplyObject(rep);
   role_target = b.port;
   WAIT(ev.connects == 2, 5000);
+  ck_assert_int_eq(script_exists(r, sha), 1);
   wres_t w4 = {0};
   ck_assert_int_eq(dibba_redis_command(r, wait_cb, &w4, &wo, "INCR ctr"), 0);
   WAIT(w4.res.called == 1, 5000);
   ck_assert_int_eq(w4.res.status, 0);
   ck_assert_int_eq(w4.res.integer, 4); /* b had every acknowledged increment */
+  ev_argv[1] = "2";
+  wres_t e4 = {0};
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &e4, &wo, 1, 2, ev_argv, NULL), 0);
+  WAIT(e4.res.called == 1, 5000);
+  ck_assert_int_eq(e4.res.status, 0);
+  ck_assert_int_eq(e4.res.integer, 6);
+  ck_assert_int_eq(e4.acked, 1);
   close_client(r, &ev);
   loop_teardown();
   srv_stop(&b);
@@ -1281,6 +1382,21 @@ START_TEST(sentinel_failover) {
   ck_assert_int_eq(dibba_redis_command(r, store_cb, &p1, NULL, "PUBLISH news before"), 0);
   WAIT(se.messages == 1, 5000);
 
+  /* A script run on the old master; the replica is flushed so only the client can load it there. */
+  char sha[41];
+  script_sha(m.port, &incr_script, sha);
+  redisReply *fl = sync_cmd(rep.port, "SCRIPT FLUSH");
+  ck_assert_ptr_nonnull(fl);
+  freeReplyObject(fl);
+  const char *ev_argv[] = {"scripted", "5"};
+  dibba_redis_cmd_opts_t eo = {.flags = DIBBA_REDIS_WAIT_REPLICAS, .wait_replicas = 1, .wait_timeout_ms = 1000};
+  wres_t se1 = {0}, se2 = {0};
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &se1, &eo, 1, 2, ev_argv, NULL), 0);
+  WAIT(se1.res.called == 1, 5000);
+  ck_assert_int_eq(se1.res.status, 0);
+  ck_assert_int_eq(se1.res.integer, 5);
+  ck_assert_int_eq(script_exists(r, sha), 1);
+
   /* kill -9 the master while INCRs keep flowing. */
   int ok_before = st.ok;
   st.kill_at = now_ms();
@@ -1311,6 +1427,12 @@ START_TEST(sentinel_failover) {
           st.ok, ok_before, st.ewait, st.reset, st.timedout, st.other, final, st.max_acked);
   ck_assert_int_eq(st.other, 0);
   ck_assert_int_eq(st.regressions, 0); /* no reply value came back twice: nothing acknowledged was lost */
+  /* The client loaded its script on the new master when it connected there. */
+  ck_assert_int_eq(script_exists(r, sha), 1);
+  ck_assert_int_eq(dibba_redis_eval(r, &incr_script, wait_cb, &se2, &eo, 1, 2, ev_argv, NULL), 0);
+  WAIT(se2.res.called == 1, 5000);
+  ck_assert_int_eq(se2.res.status, DIBBA_REDIS_EWAIT); /* the old master, the only other server, is dead */
+  ck_assert_int_eq(se2.res.integer, 10);               /* the WAIT-acked 5 survived the failover */
   ck_assert_int_ge(final, st.max_acked);
   /* Every replied INCR is in the counter; at most the ambiguous ones (reply lost) come on top. */
   ck_assert_int_ge(final, replied);

@@ -165,6 +165,7 @@ typedef struct dibba_auth_jwt_s {
   int64_t ttl;    /* seconds */
   int64_t leeway; /* seconds of clock skew allowed for exp, nbf and iat */
   void *mac;      /* keyed HMAC state (EVP_MAC_CTX), re-initialised per token: verify is single-threaded */
+  void *parsed;   /* the canonical headers and recently parsed payloads (jwt.c); never a verification result */
 } dibba_auth_jwt_t;
 
 typedef struct dibba_auth_claims_s {

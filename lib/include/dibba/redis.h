@@ -191,6 +191,21 @@ int dibba_redis_command(dibba_redis_t *r, dibba_redis_cb cb, void *data, const d
 int dibba_redis_command_argv(dibba_redis_t *r, dibba_redis_cb cb, void *data, const dibba_redis_cmd_opts_t *opts,
                              int argc, const char **argv, const size_t *argvlen);
 
+/* A Lua script run with EVALSHA. text is borrowed and must outlive every client that ran it (a static string). */
+typedef struct dibba_redis_script_s {
+  const char *text;
+} dibba_redis_script_t;
+/* Run script s with argv[0..nkeys) as KEYS and the rest as ARGV (argvlen NULL: strlen), as EVALSHA. The first
+ * use on a client computes the SHA-1 and sends SCRIPT LOAD; every new connection loads the client's scripts
+ * again before its queued commands. A NOSCRIPT reply (SCRIPT FLUSH, a failover) makes the client send the
+ * same call once as EVAL, which did not run the first time; cb sees only the final reply. In Sentinel mode the
+ * new master after a failover is a new connection: the scripts are loaded there before anything queued.
+ * DIBBA_REDIS_WAIT_REPLICAS works as for any command: WAIT follows the EVALSHA, and after NOSCRIPT it follows
+ * the EVAL again (the first WAIT's count is ignored). Same return values and timeout semantics as
+ * dibba_redis_command_argv. */
+int dibba_redis_eval(dibba_redis_t *r, const dibba_redis_script_t *s, dibba_redis_cb cb, void *data,
+                     const dibba_redis_cmd_opts_t *opts, int nkeys, int argc, const char **argv, const size_t *argvlen);
+
 /* One command of a transaction. */
 typedef struct dibba_redis_argv_s {
   int argc;

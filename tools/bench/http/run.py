@@ -178,6 +178,9 @@ def main():
         with open(os.path.join(tmp, "jwt.secret"), "w") as f:
             f.write(secret + "\n")
         os.chmod(os.path.join(tmp, "jwt.secret"), 0o600)
+        with open(os.path.join(tmp, "routing.key"), "w") as f:  # dibba-api refuses to start without it
+            f.write(secrets.token_hex(32) + "\n")
+        os.chmod(os.path.join(tmp, "routing.key"), 0o600)
         rport, aport, uport = free_port(), free_port(), free_port()
         spawn(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", tmp], stdout=subprocess.DEVNULL)
@@ -185,6 +188,7 @@ def main():
             "log": {"level": "warn", "file": os.path.join(tmp, "api.log")},
             "redis": {"url": "redis://127.0.0.1:%d/0" % rport, "prefix": "bench:"},
             "auth": {"jwt_secret_file": os.path.join(tmp, "jwt.secret")},
+            "task": {"routing_key_file": os.path.join(tmp, "routing.key")},
             "api": {"listen": "127.0.0.1:%d" % aport, "access_log": False},
         }
         cfg_path = os.path.join(tmp, "dibba.json")
