@@ -48,6 +48,8 @@ static int reserve(dibba_buf_t *b, size_t n) {
   return 0;
 }
 
+int dibba_buf_reserve(dibba_buf_t *b, size_t n) { return reserve(b, n); }
+
 int dibba_buf_add(dibba_buf_t *b, const void *p, size_t n) {
   int r = reserve(b, n);
   if (r < 0)

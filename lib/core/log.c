@@ -17,6 +17,7 @@
 
 #define LOG_MSG_MAX 4096
 #define LOG_LINE_MAX (64 * 1024)
+#define LOG_LINE_TYPICAL 480 /* an access log line fits: one malloc, no realloc */
 
 static struct {
   dibba_log_level_t level;
@@ -175,9 +176,12 @@ void dibba_log(dibba_log_level_t level, const char *component, json_t *fields, c
   if ((size_t)mlen >= sizeof msg)
     mlen = sizeof msg - 1;
 
-  /* One buffer per thread, reused: no allocation per line once warm (log lines may come from pool threads). */
-  static __thread dibba_buf_t b = {NULL, 0, 0, 0};
-  dibba_buf_reset(&b);
+  /* The line belongs to this call. A buffer kept in a thread-local would have no owner to free it: it is lost
+   * when its thread exits, and when a plugin that links lib/ statically (with its own copy of this file) is
+   * unloaded, its TLS block goes and the buffer with it. One malloc per line costs little next to write(2). */
+  dibba_buf_t b;
+  dibba_buf_init(&b, 0);
+  dibba_buf_reserve(&b, LOG_LINE_TYPICAL);
 
   dibba_buf_adds(&b, "{\"ts\":\"");
   put_ts(&b);
@@ -213,6 +217,5 @@ void dibba_log(dibba_log_level_t level, const char *component, json_t *fields, c
   do
     w = write(logger.fd, b.data, b.len);
   while (w < 0 && errno == EINTR);
-  if (b.alloc > 4 * LOG_LINE_MAX) /* do not keep a huge buffer around after one long line */
-    dibba_buf_free(&b);
+  dibba_buf_free(&b);
 }

@@ -19,6 +19,8 @@ void dibba_buf_init(dibba_buf_t *b, size_t cap);
 void dibba_buf_free(dibba_buf_t *b);
 /* Drop the contents and keep the storage. */
 void dibba_buf_reset(dibba_buf_t *b);
+/* Make room for n more bytes, so that appending them allocates nothing. Returns 0 or -E2BIG (past the cap). */
+int dibba_buf_reserve(dibba_buf_t *b, size_t n);
 /* Append n bytes. Returns 0, or -E2BIG (buffer unchanged) if the cap would be passed. */
 int dibba_buf_add(dibba_buf_t *b, const void *p, size_t n);
 /* Append a NUL-terminated string. Same errors as dibba_buf_add. */
