@@ -47,7 +47,7 @@ typedef struct worker_s {
 /* ---- plugins ---- */
 
 /* What plugin `base` sees as its config: "plugins.<base>", plus the daemon's own "<base>" section (aws.* with
- * the AWS_* environment overrides) and "redis" section, unless "plugins.<base>" sets those keys itself. A
+ * the AWS_* environment overrides), "redis" and "log" sections, unless "plugins.<base>" sets those keys itself. A
  * plugin that reads the daemon's settings for its name (the aws plugin reads aws.* and redis.*) gets them
  * whether or not the operator repeated them under plugins. The object is kept in w->plugin_cfgs. */
 static const json_t *plugin_config(worker_t *w, const char *base) {
@@ -62,6 +62,10 @@ static const json_t *plugin_config(worker_t *w, const char *base) {
     json_object_set(out, base, section);
   if (json_is_object(redis) && json_object_get(out, "redis") == NULL)
     json_object_set(out, "redis", redis);
+  /* A plugin links its own copy of lib/core: it opens its logger with the daemon's level and file. */
+  json_t *log = json_object_get(cfg->root, "log");
+  if (json_is_object(log) && json_object_get(out, "log") == NULL)
+    json_object_set(out, "log", log);
   if (w->plugin_cfgs == NULL)
     w->plugin_cfgs = json_array();
   json_array_append_new(w->plugin_cfgs, out);

@@ -65,6 +65,14 @@ int dibba_log_open(const char *level, const char *path) {
   return 0;
 }
 
+int dibba_log_open_json(const json_t *log) {
+  if (!json_is_object(log))
+    return 0;
+  const char *level = json_string_value(json_object_get(log, "level"));
+  const char *file = json_string_value(json_object_get(log, "file"));
+  return dibba_log_open(level, file);
+}
+
 int dibba_log_reopen(void) {
   if (logger.path == NULL)
     return 0;

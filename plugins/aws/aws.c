@@ -11,6 +11,7 @@
 #include <openssl/sha.h>
 
 #include "dibba/alloc.h"
+#include "dibba/log.h"
 #include "dibba/aws.h"
 #include "dibba/error.h"
 #include "dibba/pbjson.h"
@@ -1057,6 +1058,7 @@ static int get_run(dibba_task_ctx_t *t) {
 }
 
 static int aws_init(dibba_plugin_ctx_t *ctx) {
+  dibba_log_open_json(json_object_get(ctx->config, "log"));
   settings_t *s = dibba_xcalloc(1, sizeof *s);
   settings_load(s, ctx->config);
   static dibba_task_handler_t create = {.name = "create_worker_nodes",

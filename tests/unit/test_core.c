@@ -145,6 +145,28 @@ START_TEST(secrets_have_no_default) {
 }
 END_TEST
 
+START_TEST(log_opens_from_a_config_section) {
+  char path[] = "/tmp/dibba-logj-XXXXXX";
+  int fd = mkstemp(path);
+  close(fd);
+  json_t *sec = json_pack("{s:s,s:s}", "level", "error", "file", path);
+  ck_assert_int_eq(dibba_log_open_json(sec), 0);
+  dibba_log_info("test", NULL, "below the level");
+  dibba_log_error("test", NULL, "at the level");
+  dibba_log_close();
+  json_decref(sec);
+  ck_assert_int_eq(dibba_log_open_json(NULL), 0);
+  char *text = NULL;
+  size_t len = 0;
+  ck_assert_int_eq(dibba_read_small_file(path, 4096, &text, &len), 0);
+  ck_assert_ptr_null(strstr(text, "below the level"));
+  ck_assert_ptr_nonnull(strstr(text, "at the level"));
+  free(text);
+  unlink(path);
+  dibba_log_open("info", NULL);
+}
+END_TEST
+
 START_TEST(ids_are_uuid_v4) {
   char a[DIBBA_ID_LEN + 1], b[DIBBA_ID_LEN + 1];
   dibba_id_new(a);
@@ -236,6 +258,7 @@ int main(void) {
   tcase_add_test(tc, config_errors_are_one_line);
   tcase_add_test(tc, secrets_have_no_default);
   tcase_add_test(tc, ids_are_uuid_v4);
+  tcase_add_test(tc, log_opens_from_a_config_section);
   tcase_add_test(tc, log_writes_json_lines);
   tcase_add_test(tc, log_keeps_no_buffer_after_the_line);
   suite_add_tcase(s, tc);

@@ -17,6 +17,10 @@ int dibba_log_level_parse(const char *s, dibba_log_level_t *out);
 /* Set the threshold and sink. path NULL, "" or "-" means stderr. Returns 0, -EINVAL for a bad level, or
  * a negative errno if the file cannot be opened (the previous sink stays). */
 int dibba_log_open(const char *level, const char *path);
+/* Open the logger from a config "log" object ({"level": ..., "file": ...}; NULL or missing keys keep the
+ * defaults). For plugins, which link their own copy of this logger: they call it from init with the "log"
+ * section the worker passes them, so their lines go where the daemon's go. Same errors as dibba_log_open. */
+int dibba_log_open_json(const json_t *log);
 /* Reopen the file sink (after rotation); no-op for stderr. */
 int dibba_log_reopen(void);
 /* Close the file sink and return to stderr. Safe to call twice. */
