@@ -13,6 +13,7 @@
 #include "dibba/redis.h"
 
 #include "aws.h"
+#include "pods.h"
 #include "tasks.h"
 
 typedef struct api_s {
@@ -27,7 +28,8 @@ typedef struct api_s {
   char *routing_key;
   size_t routing_key_len;
   api_tasks_t *tasks;
-  api_aws_t *aws; /* aws.c: EC2 instance routes (admin) */
+  api_aws_t *aws;   /* aws.c: EC2 instance routes (admin) */
+  api_pods_t *pods; /* pods.c: /v1/pods and POST /create-pods */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;
