@@ -227,6 +227,14 @@ static int dns_label(const char *s) {
 
 static int empty(const char *s) { return s == NULL || *s == '\0'; }
 
+/* Replace a string field of a message from dibba_pbjson_to_message: an unset field points at protobuf-c's
+ * shared empty string, which must not be freed. */
+static void set_str(char **field, const char *v) {
+  if (*field != protobuf_c_empty_string)
+    free(*field);
+  *field = dibba_xstrdup(v);
+}
+
 /* The checks that name a field, then lib/pod's own (its message starts with the dotted path). Returns 0 or -1
  * (answered 422). */
 static int check_pod(dibba_http_req_t *req, const Dibba__V1__Pod *pod) {
@@ -487,8 +495,7 @@ static void on_placed(dibba_redis_t *r, int status, redisReply *reply, void *dat
   memcpy(o->host, h, n);
   o->host[n] = '\0';
   /* The pod as the worker gets it and the record keeps it: namespace and nodeName filled in, no status. */
-  free(o->pod->spec->node_name);
-  o->pod->spec->node_name = dibba_xstrdup(o->host);
+  set_str(&o->pod->spec->node_name, o->host);
   o->spec = dibba_pbjson_dumps(&o->pod->base, 0);
   char key[600], all[300], hset[600], member[200], now[24];
   snprintf(key, sizeof key, "%spod:%s/%s", o->ap->prefix, o->ns, o->name);
@@ -525,8 +532,7 @@ static void create_pod(api_pods_t *ap, dibba_http_req_t *req, Dibba__V1__Pod *po
     pod->status = NULL;
   }
   if (empty(pod->metadata->namespace_)) {
-    free(pod->metadata->namespace_);
-    pod->metadata->namespace_ = dibba_xstrdup("default");
+    set_str(&pod->metadata->namespace_, "default");
   }
   snprintf(o->ns, sizeof o->ns, "%s", pod->metadata->namespace_);
   snprintf(o->name, sizeof o->name, "%s", pod->metadata->name);

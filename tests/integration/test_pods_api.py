@@ -266,6 +266,18 @@ class PodsApiTest(unittest.TestCase):
         self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
         self.assertEqual(self.app_containers(), [])
 
+    def test_6_placement_and_default_namespace(self):
+        # no nodeName, no namespace: placed on the one online pods host, in "default" (unset protobuf strings)
+        body = {"metadata": {"name": "placed"},
+                "spec": {"containers": [{"name": "c", "image": fixtures.BUSYBOX_IMAGE, "command": ["sleep", "1000"]}]}}
+        r = self.call("POST", "/v1/pods", json=body)
+        self.assertEqual(r.status_code, 202, r.text)
+        self.assertEqual((r.json()["host"], r.json()["namespace"]), (self.host, "default"))
+        self.assertEqual(self.wait_running("default", "placed")["spec"]["nodeName"], self.host)
+        self.assertEqual(self.call("POST", "/v1/pods", json=body).status_code, 200)
+        r = self.call("DELETE", "/v1/pods/default/placed")
+        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
