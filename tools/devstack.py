@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,10 +266,14 @@ def up(a):
         "task": {"routing_key_file": secret("routing.key")},
         "api": {"listen": "127.0.0.1:%d" % api_port, "ui_dir": os.path.join(SRC, "ui")},
         "worker": {"hostname": socket.gethostname(), "roles": "control", "state_dir": p("worker"),
-                   "netns_dir": p("run", "netns"), "plugin_dir": os.path.join(build, "plugins")},
+                   "netns_dir": p("run", "netns"), "plugin_dir": os.path.join(build, "plugins"),
+                   "plugins": ["node", "pods"]},
         "containerd": {"socket": ctrd, "namespace": NAMESPACE, "snapshotter": "overlayfs"},
         "cni": {"path": fixtures.CNI_PATH, "conf_dir": p("cni", "net.d"), "net_name": NET_NAME, "ifname": "eth0"},
     }
+    # The pods plugin sees only plugins.pods (+ redis): the same containerd and CNI network, its directories.
+    cfg["plugins"] = {"pods": fixtures.pods_plugin_config(
+        cfg, p("pods"), logger=os.path.join(build, "tools", "logger", "dibba-logger"))}
     write_private(p("dibba.json"), json.dumps(cfg, indent=2) + "\n")
     save_state(st)
 
@@ -324,6 +330,62 @@ def up(a):
           "http://127.0.0.1:%d/token | jq -r .access_token)" % (password, api_port))
     print("  use it:    curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:%d/v1/me" % api_port)
     print("  stop:      tools/dev down   (tools/dev down --purge also deletes the data)")
+    if not a.no_demo:
+        demo_pod(api_port, password)
+
+
+def api_call(port, method, path, body=None, token=None, form=None, timeout=30):
+    data, headers = None, {}
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def demo_pod(port, password, timeout=90):
+    """POST /v1/pods as admin: busybox httpd serving /www, wait until Running, print how to reach it."""
+    st, tok = api_call(port, "POST", "/token", form={"grant_type": "password", "username": "admin",
+                                                     "password": password})
+    if st != 200:
+        die("demo pod: login failed (%d): %s" % (st, tok))
+    token = tok["access_token"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "demo-web", "namespace": "default",
+                                                           "labels": {"app": "demo-web"}},
+           "spec": {"containers": [{"name": "httpd", "image": fixtures.BUSYBOX_IMAGE,
+                                    "command": ["httpd", "-f", "-p", "80", "-h", "/www"]}]}}
+    deadline = time.monotonic() + 15
+    while True:  # the worker's first heartbeat may still be on its way
+        st, res = api_call(port, "POST", "/v1/pods", pod, token)
+        if st not in (503,) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if st not in (200, 202):
+        die("demo pod: POST /v1/pods answered %d: %s" % (st, res))
+    deadline = time.monotonic() + timeout
+    status = {}
+    while time.monotonic() < deadline:
+        st, res = api_call(port, "GET", "/v1/pods/default/demo-web", token=token)
+        status = (res or {}).get("status", {}) if st == 200 else {}
+        if status.get("phase") == "Running" and status.get("podIP"):
+            break
+        time.sleep(0.5)
+    else:
+        die("demo pod: not Running after %ds (status %s; see %s)" % (timeout, status, LOGS))
+    ip = status["podIP"]
+    print()
+    print("Demo pod default/demo-web is Running on %s, IP %s (busybox httpd on port 80)." % (status.get("hostName", ""), ip))
+    print("  try it:    curl http://%s/" % ip)
+    print("  its pod:   curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:%d/v1/pods/default/demo-web" % port)
 
 
 def down(a):
@@ -399,6 +461,7 @@ def main():
     u = sub.add_parser("up")
     u.add_argument("--build-dir", default=os.path.join(SRC, "build"))
     u.add_argument("--health-timeout", type=int, default=30)
+    u.add_argument("--no-demo", action="store_true", help="do not create the demo pod")
     d = sub.add_parser("down")
     d.add_argument("--purge", action="store_true")
     d.set_defaults(quiet=False)

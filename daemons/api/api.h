@@ -14,6 +14,7 @@
 
 #include "aws.h"
 #include "events.h"
+#include "pods.h"
 #include "schedules.h"
 #include "tasks.h"
 #include "ui.h"
@@ -34,6 +35,7 @@ typedef struct api_s {
   api_schedules_t *schedules; /* schedules.c; freed once Redis is closed */
   api_ui_t *ui;               /* ui.c: the dashboard files under /ui */
   api_events_t *events;       /* events.c: the dashboards' live task stream, GET /v1/events */
+  api_pods_t *pods;           /* pods.c: /v1/pods and POST /create-pods */
   /* auth */
   dibba_auth_jwt_t jwt;
   dibba_auth_users_t users;

@@ -217,6 +217,10 @@ static int api_start_http(dibba_daemon_t *d, api_t *api, char *err, size_t errle
   r = api_events_new(&d->loop, &d->cfg, api->redis, api->router, &api->events, err, errlen);
   if (r < 0)
     return r;
+  r = api_pods_new(&d->loop, &d->cfg, api->redis, api->router, (const uint8_t *)api->routing_key, api->routing_key_len,
+                   &api->pods, err, errlen);
+  if (r < 0)
+    return r;
   dibba_http_server_set_metrics_hook(api->http, metrics_hook, api);
   dibba_http_server_set_response_hook(api->http, api_audit_response, api);
   raise_nofile();
@@ -269,6 +273,8 @@ static void on_http_done(dibba_http_server_t *s, void *data) {
   dibba_log_info("dibba-api", NULL, "http server stopped");
   api_aws_close(api->aws);
   api->aws = NULL;
+  api_pods_close(api->pods);
+  api->pods = NULL;
   close_dashboard(api);
   api->closes_pending--;
   api_maybe_finish(api);
@@ -354,6 +360,8 @@ static void api_stop(dibba_daemon_t *d) {
   if (api->http == NULL) {
     api_aws_close(api->aws);
     api->aws = NULL;
+    api_pods_close(api->pods);
+    api->pods = NULL;
     close_dashboard(api);
   }
   if (api->routing_key) {

@@ -30,6 +30,7 @@ typedef struct worker_s {
   dibba_task_registry_t reg;
   char hostname[256];
   char roles[256];
+  char plugins[256]; /* the loaded plugins' names, comma-separated: in the heartbeat for placement */
   const char *prefix;
   char routes[MAX_ROUTES][DIBBA_ROUTE_LEN + 1];
   size_t nroutes;
@@ -128,6 +129,8 @@ static int load_plugins(worker_t *w, char *err, size_t errlen) {
       break;
     }
     dibba_log_info("dibba-worker", json_pack("{s:s}", "path", path), "plugin loaded");
+    size_t used = strlen(w->plugins);
+    snprintf(w->plugins + used, sizeof w->plugins - used, "%s%s", used ? "," : "", base);
   }
   json_decref(def);
   return rc;
@@ -183,10 +186,12 @@ static void heartbeat(uv_timer_t *h) {
                       "counters",
                       counters,
                       "heartbeat_seconds",
-                      ttl_s};
+                      ttl_s,
+                      "plugins",
+                      w->plugins};
   const char *a2[] = {"EXPIRE", nkey, ttl_s};
   const char *a3[] = {"ZADD", zkey, now_s, w->hostname};
-  dibba_redis_argv_t cmds[] = {{18, a1, NULL}, {3, a2, NULL}, {4, a3, NULL}};
+  dibba_redis_argv_t cmds[] = {{20, a1, NULL}, {3, a2, NULL}, {4, a3, NULL}};
   snprintf(ttl_s, sizeof ttl_s, "%" PRId64, w->hb_seconds * 3);
   if (dibba_redis_multi(w->hb, hb_done, w, NULL, 3, cmds) == 0)
     w->hb_inflight = 1;

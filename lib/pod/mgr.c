@@ -19,6 +19,8 @@ struct rec_s {
   Dibba__V1__Pod **desired;
   size_t n_desired;
   int given;
+  uint64_t since; /* given: pods born after this generation are kept, and no desired pod is created when a
+                     delete happened after it (the desired set was read before them) */
   waiter_t *waiters;
   Containerd__Services__Containers__V1__ListContainersResponse *ctrs;
   Containerd__Services__Tasks__V1__ListTasksResponse *tasks;
@@ -472,6 +474,12 @@ static void rec_apply(rec_t *r) {
     if (r->given) {
       Dibba__V1__Pod *d = find_desired(r, p->ns, p->name, &idx);
       char hash[17];
+      if (p->born > r->since) {
+        if (d)
+          used[idx] = 1;
+        check_running(r, p); /* newer than the desired set: the next reconcile decides */
+        continue;
+      }
       if (!d) {
         r->pending++;
         dibba__pod_delete(p, on_rec_op, r);
@@ -554,8 +562,8 @@ static void rec_apply(rec_t *r) {
   if (r->scanned)
     uv_fs_req_cleanup(&r->scan);
   r->scanned = 0;
-  /* 4. desired pods that exist nowhere */
-  for (size_t i = 0; i < r->n_desired; i++)
+  /* 4. desired pods that exist nowhere (unless one was deleted since the desired set was read) */
+  for (size_t i = 0; i < r->n_desired && !(r->given && m->last_delete_gen > r->since); i++)
     if (!used[i] && !dibba__pod_find(m,
                                      r->desired[i]->metadata->namespace_ && *r->desired[i]->metadata->namespace_
                                          ? r->desired[i]->metadata->namespace_
@@ -640,6 +648,13 @@ static void rec_start(rec_t *r) {
 
 int dibba_pod_reconcile(dibba_pod_mgr_t *m, const Dibba__V1__Pod *const *desired, size_t n, dibba_pod_done_cb cb,
                         void *data) {
+  return dibba_pod_reconcile_since(m, desired, n, UINT64_MAX, cb, data);
+}
+
+uint64_t dibba_pod_mgr_generation(const dibba_pod_mgr_t *m) { return m->gen; }
+
+int dibba_pod_reconcile_since(dibba_pod_mgr_t *m, const Dibba__V1__Pod *const *desired, size_t n, uint64_t since,
+                              dibba_pod_done_cb cb, void *data) {
   if (m->closing)
     return -ECANCELED;
   rec_t *r = m->rec ? m->rec_next : NULL;
@@ -656,6 +671,7 @@ int dibba_pod_reconcile(dibba_pod_mgr_t *m, const Dibba__V1__Pod *const *desired
       r->desired[i] = dibba__pod_copy(desired[i]);
     r->n_desired = desired ? n : 0;
     r->given = desired != NULL;
+    r->since = since;
   }
   if (cb) {
     waiter_t *w = dibba_xcalloc(1, sizeof *w);

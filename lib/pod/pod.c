@@ -1018,6 +1018,7 @@ int dibba__pod_create(dibba_pod_mgr_t *m, Dibba__V1__Pod *copy, dibba_pod_create
       u = NULL;
     }
     p = dibba__pod_new(m, copy, u, NULL);
+    p->born = ++m->gen;
     copy = NULL;
     dibba__pod_start(p);
   } else if (p->sb == SB_FAILED && p->job == JOB_NONE && p->reason[0] &&
@@ -1050,6 +1051,7 @@ void dibba__pod_delete(pod_t *p, dibba_pod_done_cb cb, void *data) {
   if (p->deleting)
     return;
   p->deleting = 1;
+  p->m->last_delete_gen = ++p->m->gen;
   uv_timer_stop(&p->timer);
   for (size_t i = 0; i < p->n; i++)
     p->c[i].restart_at = 0;

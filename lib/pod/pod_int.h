@@ -107,6 +107,7 @@ struct pod_s {
   int app_ops;
   int ops; /* operations in flight; the pod is freed when 0 after it was discarded */
   int deleting, discarded, kick_pending;
+  uint64_t born; /* the manager's generation when it was created */
   waiter_t *create_waiters, *delete_waiters;
 };
 
@@ -137,6 +138,8 @@ struct dibba_pod_mgr_s {
   int reconciled; /* the first reconcile finished: creates may run */
   rec_t *rec;     /* the reconcile running now */
   rec_t *rec_next;
+  uint64_t gen;             /* bumped by every create and delete */
+  uint64_t last_delete_gen; /* gen of the latest delete */
   deferred_t *deferred;
   int closing;
   dibba_pod_close_cb close_cb;

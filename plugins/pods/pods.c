@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "dibba/alloc.h"
+#include "dibba/config.h"
 #include "dibba/containerd.h"
 #include "dibba/containerd_container.h"
 #include "dibba/containerd_exec.h"
@@ -18,6 +19,8 @@
 #include "dibba/pbjson.h"
 #include "dibba/plugin.h"
 #include "dibba/pod.h"
+#include "dibba/redis.h"
+#include "dibba/time.h"
 
 #define LOG_TAIL_MAX (1u << 20) /* bytes read from the end of a log file */
 #define TAIL_LINES_MAX 10000
@@ -32,6 +35,16 @@ typedef struct pods_s {
   char *state_dir;      /* exec FIFOs */
   dibba_cni_t *cni;     /* pods: NULL without a "cni" section */
   dibba_pod_mgr_t *mgr; /* one pod manager per worker */
+  /* Redis (with a pod manager and a redis section): pod records, status, the desired set */
+  dibba_redis_t *redis;
+  char *prefix, *host;
+  uv_timer_t desired_timer;
+  int timer_open;
+  uint64_t desired_ms;
+  int ctd_ready;
+  int desired_busy;  /* a desired-set read or reconcile is in flight */
+  int desired_again; /* another was asked for meanwhile */
+  int closes;        /* asynchronous closes still to come before p is freed */
 } pods_t;
 
 /* One running task: the handler's state, freed when the task ends. */
@@ -46,13 +59,15 @@ typedef struct op_s {
   size_t n_mounts;
   dibba_container_opts_t co;
   uint64_t n;
-  int strip; /* pod_logs: drop the CRI prefix of each line */
+  int strip;      /* pod_logs: drop the CRI prefix of each line */
+  int64_t offset; /* pod_logs: read forward from this byte offset (-1: the last n lines) */
   json_t *result;
   int err;
   dibba_exec_t *exec;
 } op_t;
 
 static pods_t *pods_of(dibba_task_ctx_t *t) { return t->handler_data; }
+static void plog(dibba_plugin_ctx_t *ctx, int level, const char *msg);
 
 static void op_free(op_t *o) {
   free(o->ns);
@@ -156,6 +171,7 @@ static op_t *op_new(dibba_task_ctx_t *t) {
   op_t *o = dibba_xcalloc(1, sizeof *o);
   o->t = t;
   o->p = pods_of(t);
+  o->offset = -1;
   return o;
 }
 
@@ -464,7 +480,18 @@ static void work_tail(uv_work_t *w) {
     goto out;
   }
   off_t start = st.st_size > (off_t)LOG_TAIL_MAX ? st.st_size - (off_t)LOG_TAIL_MAX : 0;
+  int forward = o->offset >= 0, rotated = 0;
+  if (forward) {
+    /* Follow mode: from the caller's position on; a file shorter than it was rotated: start over. */
+    start = (off_t)o->offset;
+    if (start > st.st_size) {
+      start = 0;
+      rotated = 1;
+    }
+  }
   size_t want = (size_t)(st.st_size - start);
+  if (want > LOG_TAIL_MAX)
+    want = LOG_TAIL_MAX;
   buf = dibba_xmalloc(want + 1);
   while (got < want) {
     ssize_t n = pread(fd, buf + got, want - got, start + (off_t)got);
@@ -475,7 +502,7 @@ static void work_tail(uv_work_t *w) {
   buf[got] = '\0';
   /* Complete lines only; a first line cut by the window is dropped. Keep the last n. */
   char *p = buf, *end = buf + got;
-  if (start > 0) {
+  if (start > 0 && !forward) {
     char *nl = memchr(p, '\n', got);
     p = nl ? nl + 1 : end;
   }
@@ -490,11 +517,14 @@ static void work_tail(uv_work_t *w) {
       l = sp ? sp + 1 : nl;
     }
     json_array_append_new(lines, json_stringn(l, (size_t)(nl - l)));
-    if (json_array_size(lines) > o->n)
+    if (!forward && json_array_size(lines) > o->n)
       json_array_remove(lines, 0);
     p = nl + 1;
   }
-  o->result = json_pack("{s:o}", "lines", lines);
+  /* next_offset: just past the last complete line, where a follower reads on. */
+  o->result = json_pack("{s:o, s:I}", "lines", lines, "next_offset", (json_int_t)(start + (off_t)(p - buf)));
+  if (rotated)
+    json_object_set_new(o->result, "rotated", json_true());
 out:
   free(buf);
   close(fd);
@@ -577,6 +607,291 @@ static int exec_run(dibba_task_ctx_t *t) {
   return 0;
 }
 
+/* ---------------- pod records in Redis ----------------
+ *
+ * <prefix>pod:<ns>/<name> hash: spec (the Pod JSON, no status), hash (of the spec without nodeName), host,
+ * status (PodStatus JSON), created, updated (ms), task_id, deleting ("1" once a delete was asked for).
+ * <prefix>pods and <prefix>pods:host:<host> are sets of "<ns>/<name>". Changes are published on
+ * <prefix>pod:<ns>/<name>:ev as {"event": "status"|"deleted", ...}. dibba-api writes the record first; the
+ * worker writes status, creates the record for a create_pod that came another way, and removes it when the pod
+ * is deleted. The desired set of a worker is every record of its host that is not being deleted. */
+
+/* KEYS: record. ARGV: status JSON, now, host, channel, event JSON. Only our own, existing record. */
+static const char lua_status[] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+                                 "local h = redis.call('HGET', KEYS[1], 'host')\n"
+                                 "if h and h ~= ARGV[3] then return 0 end\n"
+                                 "redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2])\n"
+                                 "redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
+                                 "return 1\n";
+/* KEYS: record, all set, host set. ARGV: member, spec, hash, host, now, task id. Only when there is none. */
+static const char lua_ensure[] = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+                                 "redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'hash', ARGV[3], 'host', ARGV[4],\n"
+                                 "  'created', ARGV[5], 'updated', ARGV[5], 'task_id', ARGV[6])\n"
+                                 "redis.call('SADD', KEYS[2], ARGV[1])\n"
+                                 "redis.call('SADD', KEYS[3], ARGV[1])\n"
+                                 "return 1\n";
+/* KEYS: record, all set, host set. ARGV: member, host, channel. Not a record another host owns. */
+static const char lua_forget[] = "local h = redis.call('HGET', KEYS[1], 'host')\n"
+                                 "if h and h ~= ARGV[2] then return 0 end\n"
+                                 "redis.call('DEL', KEYS[1])\n"
+                                 "redis.call('SREM', KEYS[2], ARGV[1])\n"
+                                 "redis.call('SREM', KEYS[3], ARGV[1])\n"
+                                 "redis.call('PUBLISH', ARGV[3], '{\"event\":\"deleted\"}')\n"
+                                 "return 1\n";
+/* KEYS: host set. ARGV: prefix. [member, spec, deleting, ...] */
+static const char lua_desired[] = "local out = {}\n"
+                                  "for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+                                  "  local v = redis.call('HMGET', ARGV[1] .. 'pod:' .. m, 'spec', 'deleting')\n"
+                                  "  out[#out + 1] = m\n"
+                                  "  out[#out + 1] = v[1] or ''\n"
+                                  "  out[#out + 1] = v[2] or ''\n"
+                                  "end\n"
+                                  "return out\n";
+
+/* The record's hash: the normalized spec without nodeName (placement fills that in). */
+static void spec_hash(const Dibba__V1__Pod *pod, char hash[17]) {
+  Dibba__V1__Pod copy = *pod;
+  Dibba__V1__PodSpec spec;
+  if (pod->spec) {
+    spec = *pod->spec;
+    spec.node_name = (char *)"";
+    copy.spec = &spec;
+  }
+  copy.status = NULL;
+  free(dibba_pod_normalized(&copy, hash));
+}
+
+typedef struct rop_s {
+  pods_t *p;
+  dibba_task_ctx_t *t; /* the task that waits for this write, or NULL */
+  Dibba__V1__Pod *pod; /* create_pod: the args, borrowed from t */
+} rop_t;
+
+static void redis_warn(pods_t *p, const char *what, int status) {
+  char line[300];
+  snprintf(line, sizeof line, "pods: redis %s: %s", what, dibba_redis_strerror(status));
+  plog(p->ctx, DIBBA_PLUGIN_LOG_WARN, line);
+}
+
+static void on_status_written(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  (void)r, (void)reply;
+  if (status < 0)
+    redis_warn(data, "status write", status);
+}
+
+static void status_write(pods_t *p, const char *ns, const char *name, const Dibba__V1__PodStatus *st) {
+  if (!p->redis)
+    return;
+  char *key = dibba_xasprintf("%spod:%s/%s", p->prefix, ns, name), *chan = dibba_xasprintf("%s:ev", key);
+  char now[24];
+  json_t *sj = dibba_pbjson_from_message(&st->base, 0);
+  char *stext = json_dumps(sj, JSON_COMPACT);
+  json_t *ev = json_pack("{s:s, s:o, s:I}", "event", "status", "status", sj, "updated", (json_int_t)dibba_now_ms());
+  char *etext = json_dumps(ev, JSON_COMPACT);
+  json_decref(ev);
+  snprintf(now, sizeof now, "%lld", (long long)dibba_now_ms());
+  const char *argv[] = {"EVAL", lua_status, "1", key, stext, now, p->host, chan, etext};
+  dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  if (dibba_redis_command_argv(p->redis, on_status_written, p, &o, 9, argv, NULL) < 0)
+    redis_warn(p, "status write", UV_ENOTCONN);
+  free(key);
+  free(chan);
+  free(stext);
+  free(etext);
+}
+
+static void on_pod_status(dibba_pod_mgr_t *m, const char *ns, const char *name, const char *uid,
+                          const Dibba__V1__PodStatus *st, void *data) {
+  (void)m, (void)uid;
+  status_write(data, ns, name, st);
+}
+
+/* Every pod in memory: after a reconcile, so a status write lost to a Redis outage is made good. */
+static void status_write_all(pods_t *p) {
+  Dibba__V1__PodList *l = NULL;
+  if (!p->mgr || dibba_pod_list(p->mgr, NULL, NULL, &l) < 0)
+    return;
+  for (size_t i = 0; i < l->n_items; i++)
+    if (l->items[i]->status)
+      status_write(p, l->items[i]->metadata->namespace_, l->items[i]->metadata->name, l->items[i]->status);
+  protobuf_c_message_free_unpacked(&l->base, NULL);
+}
+
+/* Run one of the three record scripts on a pod; cb gets rq. Returns 0 or a dibba_redis_command error. */
+static int record_script(pods_t *p, const char *script, const char *ns, const char *name, const char *spec,
+                         const char *hash, const char *task_id, dibba_redis_cb cb, rop_t *rq) {
+  char *key = dibba_xasprintf("%spod:%s/%s", p->prefix, ns, name), *all = dibba_xasprintf("%spods", p->prefix);
+  char *hset = dibba_xasprintf("%spods:host:%s", p->prefix, p->host), *member = dibba_xasprintf("%s/%s", ns, name);
+  char *chan = dibba_xasprintf("%s:ev", key), now[24];
+  snprintf(now, sizeof now, "%lld", (long long)dibba_now_ms());
+  dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  int rc;
+  if (script == lua_ensure) {
+    const char *argv[] = {"EVAL", script, "3", key, all, hset, member, spec, hash, p->host, now, task_id};
+    rc = dibba_redis_command_argv(p->redis, cb, rq, &o, 12, argv, NULL);
+  } else {
+    const char *argv[] = {"EVAL", script, "3", key, all, hset, member, p->host, chan};
+    rc = dibba_redis_command_argv(p->redis, cb, rq, &o, 9, argv, NULL);
+  }
+  free(key);
+  free(all);
+  free(hset);
+  free(member);
+  free(chan);
+  return rc;
+}
+
+static void on_forgot(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  rop_t *rq = data;
+  (void)r, (void)reply;
+  if (status < 0)
+    redis_warn(rq->p, "pod record removal", status);
+  if (rq->t)
+    dibba_task_complete(rq->t, json_pack("{s:s}", "status", "deleted"));
+  free(rq);
+}
+
+/* Remove the record of a deleted pod; t (may be NULL) is completed once that is done (or failed to be). */
+static void record_forget(pods_t *p, const char *ns, const char *name, dibba_task_ctx_t *t) {
+  rop_t *rq = dibba_xcalloc(1, sizeof *rq);
+  rq->p = p;
+  rq->t = t;
+  if (!p->redis || record_script(p, lua_forget, ns, name, NULL, NULL, NULL, on_forgot, rq) < 0)
+    on_forgot(NULL, p->redis ? UV_ENOTCONN : 0, NULL, rq);
+}
+
+/* ---- the desired set: at start, on containerd READY, after a Redis reconnect, and every desired_ms ---- */
+
+typedef struct desired_s {
+  pods_t *p;
+  uint64_t since;
+  char **gone; /* "<ns>/<name>" of records being deleted: removed once the reconcile has removed their pods */
+  size_t n_gone;
+} desired_t;
+
+static void desired_run(pods_t *p);
+
+static void desired_end(pods_t *p) {
+  p->desired_busy = 0;
+  if (p->desired_again) {
+    p->desired_again = 0;
+    desired_run(p);
+  }
+}
+
+static void on_desired_reconciled(dibba_pod_mgr_t *m, int err, const char *msg, void *data) {
+  desired_t *d = data;
+  pods_t *p = d->p;
+  (void)m;
+  if (err < 0) {
+    char line[400];
+    snprintf(line, sizeof line, "pods: reconcile with the desired set failed: %s", msg);
+    plog(p->ctx, DIBBA_PLUGIN_LOG_WARN, line);
+  } else if (p->mgr) {
+    for (size_t i = 0; i < d->n_gone; i++) {
+      char *slash = strchr(d->gone[i], '/');
+      *slash = '\0';
+      record_forget(p, d->gone[i], slash + 1, NULL);
+    }
+    status_write_all(p);
+  }
+  for (size_t i = 0; i < d->n_gone; i++)
+    free(d->gone[i]);
+  free(d->gone);
+  free(d);
+  desired_end(p);
+}
+
+static void on_desired_read(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  desired_t *d = data;
+  pods_t *p = d->p;
+  (void)r;
+  Dibba__V1__Pod **pods = NULL;
+  size_t n = 0, bad = 0;
+  if (status < 0 || !reply || reply->type != REDIS_REPLY_ARRAY || !p->mgr) {
+    if (status < 0)
+      redis_warn(p, "desired set read", status);
+    goto out;
+  }
+  pods = dibba_xcalloc(reply->elements / 3 + 1, sizeof *pods);
+  d->gone = dibba_xcalloc(reply->elements / 3 + 1, sizeof *d->gone);
+  for (size_t i = 0; i + 2 < reply->elements; i += 3) {
+    const char *member, *spec, *del;
+    size_t ml, sl, dl;
+    if (dibba_redis_reply_str(reply->element[i], &member, &ml) < 0 ||
+        dibba_redis_reply_str(reply->element[i + 1], &spec, &sl) < 0 ||
+        dibba_redis_reply_str(reply->element[i + 2], &del, &dl) < 0 || !memchr(member, '/', ml)) {
+      bad++;
+      continue;
+    }
+    if (dl == 1 && del[0] == '1') {
+      d->gone[d->n_gone++] = dibba_xstrndup(member, ml);
+      continue;
+    }
+    if (sl == 0)
+      continue; /* a set member without a record: nothing is desired */
+    ProtobufCMessage *msg = NULL;
+    char err[200];
+    if (dibba_pbjson_parse(spec, sl, &dibba__v1__pod__descriptor, NULL, &msg, NULL) < 0 ||
+        dibba_pod_validate((Dibba__V1__Pod *)msg, err, sizeof err) < 0) {
+      dibba_pbjson_message_free(msg);
+      bad++;
+      continue;
+    }
+    pods[n++] = (Dibba__V1__Pod *)msg;
+  }
+  if (bad) {
+    /* Never remove pods because of a record this worker cannot read: skip this round. */
+    char line[200];
+    snprintf(line, sizeof line, "pods: %zu unreadable pod records for host %s; reconcile skipped", bad, p->host);
+    plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    goto out;
+  }
+  if (dibba_pod_reconcile_since(p->mgr, (const Dibba__V1__Pod *const *)pods, n, d->since, on_desired_reconciled, d) ==
+      0) {
+    d = NULL;
+  }
+out:
+  for (size_t i = 0; i < n; i++)
+    dibba_pbjson_message_free(&pods[i]->base);
+  free(pods);
+  if (d) {
+    for (size_t i = 0; i < d->n_gone; i++)
+      free(d->gone[i]);
+    free(d->gone);
+    free(d);
+    desired_end(p);
+  }
+}
+
+static void desired_run(pods_t *p) {
+  if (!p->mgr || !p->redis || !p->ctd_ready || !dibba_redis_is_ready(p->redis))
+    return;
+  if (p->desired_busy) {
+    p->desired_again = 1;
+    return;
+  }
+  desired_t *d = dibba_xcalloc(1, sizeof *d);
+  d->p = p;
+  d->since = dibba_pod_mgr_generation(p->mgr); /* before the read: what changes after it is not in the set */
+  char *hset = dibba_xasprintf("%spods:host:%s", p->prefix, p->host);
+  const char *argv[] = {"EVAL", lua_desired, "1", hset, p->prefix};
+  p->desired_busy = 1;
+  if (dibba_redis_command_argv(p->redis, on_desired_read, d, NULL, 5, argv, NULL) < 0) {
+    free(d);
+    p->desired_busy = 0;
+  }
+  free(hset);
+}
+
+static void on_desired_timer(uv_timer_t *t) { desired_run(t->data); }
+
+static void on_redis_connect(dibba_redis_t *r, int status, void *data) {
+  (void)r;
+  if (status == 0)
+    desired_run(data); /* writes may have been lost while it was away */
+}
+
 /* ---------------- pods (lib/pod) ---------------- */
 
 static int need_mgr(dibba_task_ctx_t *t) {
@@ -594,23 +909,75 @@ static void on_pod_created(dibba_pod_mgr_t *m, int err, const char *msg, const D
     t->ops->complete_msg(t, &st->base);
 }
 
-static int create_pod_run(dibba_task_ctx_t *t) {
+static void create_pod_start(dibba_task_ctx_t *t) {
   char err[300] = "";
-  if (need_mgr(t) < 0)
-    return 0;
+  if (!pods_of(t)->mgr) {
+    dibba_task_fail(t, UV_ECANCELED, NULL, "pods: closing");
+    return;
+  }
   const Dibba__V1__Pod *pod = (const Dibba__V1__Pod *)t->args_msg;
   int rc = dibba_pod_create(pods_of(t)->mgr, pod, on_pod_created, t, err, sizeof err);
   if (rc < 0)
     dibba_task_fail(t, rc, rc == -EEXIST ? "EEXIST" : rc == -EINVAL ? "EINVAL" : NULL, err[0] ? err : NULL);
+}
+
+static void on_record_ensured(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  rop_t *rq = data;
+  (void)r, (void)reply;
+  if (status < 0)
+    redis_warn(rq->p, "pod record", status); /* the pod still runs; the next status write has no record */
+  dibba_task_ctx_t *t = rq->t;
+  free(rq);
+  create_pod_start(t);
+}
+
+/* The record goes first (when the API did not write it, e.g. a create_pod from POST /v1/tasks), so a
+ * reconcile with the desired set keeps the pod. */
+static int create_pod_run(dibba_task_ctx_t *t) {
+  char err[300] = "", hash[17];
+  pods_t *p = pods_of(t);
+  if (need_mgr(t) < 0)
+    return 0;
+  const Dibba__V1__Pod *pod = (const Dibba__V1__Pod *)t->args_msg;
+  if (!pod || dibba_pod_validate(pod, err, sizeof err) < 0) {
+    dibba_task_fail(t, -EINVAL, "EINVAL", pod ? err : "args: a dibba.v1.Pod is required");
+    return 0;
+  }
+  if (!p->redis) {
+    create_pod_start(t);
+    return 0;
+  }
+  Dibba__V1__Pod view = *pod;
+  Dibba__V1__ObjectMeta md = *pod->metadata;
+  Dibba__V1__PodSpec spec = *pod->spec;
+  md.namespace_ = (char *)(md.namespace_ && *md.namespace_ ? md.namespace_ : "default");
+  spec.node_name = p->host;
+  view.metadata = &md;
+  view.spec = &spec;
+  view.status = NULL;
+  spec_hash(&view, hash);
+  char *text = dibba_pbjson_dumps(&view.base, 0);
+  rop_t *rq = dibba_xcalloc(1, sizeof *rq);
+  rq->p = p;
+  rq->t = t;
+  if (record_script(p, lua_ensure, md.namespace_, md.name, text, hash, t->id, on_record_ensured, rq) < 0)
+    on_record_ensured(NULL, UV_ENOTCONN, NULL, rq);
+  free(text);
   return 0;
 }
 
 static void on_pod_deleted(dibba_pod_mgr_t *m, int err, const char *msg, void *data) {
   dibba_task_ctx_t *t = data;
-  if (err < 0)
+  const char *ns = NULL, *name = NULL;
+  (void)m;
+  if (err < 0) {
     dibba_task_fail(t, err, NULL, msg);
-  else
-    dibba_task_complete(t, json_pack("{s:s}", "status", "deleted"));
+    return;
+  }
+  /* The record goes before the task succeeds: whoever sees SUCCESS sees no record. */
+  (void)arg_str(t, "namespace", 0, &ns);
+  (void)arg_str(t, "name", 1, &name);
+  record_forget(pods_of(t), ns ? ns : "default", name, t);
 }
 
 /* namespace (optional, "default") and name (required). Returns 0, or -1 when the task has been failed. */
@@ -678,12 +1045,16 @@ static int pod_target(op_t *o) {
 
 static int pod_logs_run(dibba_task_ctx_t *t) {
   op_t *o = op_new(t);
+  uint64_t off = 0;
+  int has_off = 0;
   o->n = 100;
   o->strip = !json_is_true(json_object_get(t->args, "timestamps"));
-  if (pod_target(o) < 0 || arg_uint(t, t->args, "tailLines", "tailLines", &o->n) < 0) {
+  if (pod_target(o) < 0 || arg_uint(t, t->args, "tailLines", "tailLines", &o->n) < 0 ||
+      (has_off = arg_uint(t, t->args, "offset", "offset", &off)) < 0) {
     op_free(o);
     return 0;
   }
+  o->offset = has_off ? (int64_t)off : -1;
   if (o->n > TAIL_LINES_MAX) {
     op_free(o);
     return bad_arg(t, "tailLines", "at most 10000");
@@ -734,8 +1105,12 @@ static void plog(dibba_plugin_ctx_t *ctx, int level, const char *msg) { ctx->ops
 
 static void on_ctd_state(dibba_containerd_t *ctd, dibba_grpc_state_t state, int err, void *data) {
   pods_t *p = data;
+  (void)ctd, (void)err;
+  p->ctd_ready = state == DIBBA_GRPC_READY;
   if (p->mgr)
-    dibba_pod_mgr_containerd_state(p->mgr, state);
+    dibba_pod_mgr_containerd_state(p->mgr, state); /* reconciles with the pods in memory first ... */
+  if (p->ctd_ready)
+    desired_run(p); /* ... then with the desired set in Redis (queued behind it) */
 }
 
 static uint64_t cfg_uint(const json_t *cfg, const char *section, const char *key, uint64_t def) {
@@ -745,7 +1120,8 @@ static uint64_t cfg_uint(const json_t *cfg, const char *section, const char *key
 
 /* The pod manager, when the config has a "cni" section: cni.{path, conf_dir, net_name, ifname, timeout_ms},
  * worker.{state_dir, netns_dir}, pod.{pause_image, dir, backoff_base_ms, backoff_max_ms, reconcile_ms,
- * keep_logs}. */
+ * keep_logs, desired_reconcile_ms}. With a redis section too (dibba-worker adds the daemon's): pod records,
+ * status and the desired set in Redis (redis.{url, prefix, ...}). */
 static int pods_mgr_init(pods_t *p, const json_t *cfg) {
   char line[512];
   if (!json_is_object(json_object_get(cfg, "cni")))
@@ -777,6 +1153,7 @@ static int pods_mgr_init(pods_t *p, const json_t *cfg) {
                              .backoff_max_ms = cfg_uint(cfg, "pod", "backoff_max_ms", 0),
                              .reconcile_ms = cfg_uint(cfg, "pod", "reconcile_ms", 0),
                              .keep_logs = json_is_true(json_object_get(json_object_get(cfg, "pod"), "keep_logs")),
+                             .status_cb = on_pod_status,
                              .data = p};
   rc = dibba_pod_mgr_new(p->ctx->loop, &mo, &p->mgr);
   free(pod_dir);
@@ -784,27 +1161,82 @@ static int pods_mgr_init(pods_t *p, const json_t *cfg) {
     plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, "pods: pod manager: state_dir and pod.dir must be absolute");
     dibba_cni_free(p->cni);
     p->cni = NULL;
+    return rc;
   }
-  return rc;
+  if (!json_is_object(json_object_get(cfg, "redis")))
+    return 0;
+  /* The plugin's config has the daemon's redis section: read it as a config tree of its own. */
+  dibba_config_t rc_cfg = {.root = (json_t *)cfg, .path = NULL};
+  dibba_redis_options_t ro;
+  char err[256];
+  if ((rc = dibba_redis_options_from_config(&rc_cfg, &ro, err, sizeof err)) < 0) {
+    snprintf(line, sizeof line, "pods: redis: %s", err);
+    plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    return rc;
+  }
+  p->prefix = dibba_xstrdup(cfg_str(cfg, "redis", "prefix", "dibba:"));
+  p->host = dibba_xstrdup(p->ctx->hostname);
+  p->desired_ms = cfg_uint(cfg, "pod", "desired_reconcile_ms", 30000);
+  ro.name = "pods";
+  ro.on_connect = on_redis_connect;
+  ro.data = p;
+  if ((rc = dibba_redis_new(p->ctx->loop, &ro, &p->redis, err, sizeof err)) < 0) {
+    snprintf(line, sizeof line, "pods: redis: %s", err);
+    plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    return rc;
+  }
+  uv_timer_init(p->ctx->loop, &p->desired_timer);
+  p->desired_timer.data = p;
+  p->timer_open = 1;
+  uv_timer_start(&p->desired_timer, on_desired_timer, p->desired_ms, p->desired_ms);
+  return 0;
 }
 
-static void on_ctd_closed(dibba_containerd_t *ctd, void *data) {
-  pods_t *p = data;
+static void pods_closed(pods_t *p) {
+  if (--p->closes > 0)
+    return;
   free(p->ns);
   free(p->logger);
   free(p->log_dir);
   free(p->state_dir);
+  free(p->prefix);
+  free(p->host);
   free(p);
 }
 
-/* Close everything; p is freed when the containerd client has closed (its state callback points at p). The
- * module stays mapped (-z nodelete) for that later loop turn. Pods keep running: the next manager re-adopts
- * them. */
+static void on_ctd_closed(dibba_containerd_t *ctd, void *data) {
+  (void)ctd;
+  pods_closed(data);
+}
+
+static void on_redis_closed(dibba_redis_t *r, void *data) {
+  (void)r;
+  pods_closed(data);
+}
+
+static void on_timer_closed(uv_handle_t *h) { pods_closed(h->data); }
+
+/* Close everything; p is freed when the containerd client, the Redis client and the timer have closed (their
+ * callbacks point at p). The module stays mapped (-z nodelete) for those later loop turns. Pods keep running:
+ * the next manager re-adopts them. */
 static void pods_release(pods_t *p) {
   dibba_pod_mgr_close(p->mgr, NULL, NULL);
   p->mgr = NULL;
   dibba_cni_free(p->cni);
   p->cni = NULL;
+  p->closes = 1;
+  if (p->timer_open) {
+    p->timer_open = 0;
+    p->closes++;
+    uv_close((uv_handle_t *)&p->desired_timer, on_timer_closed);
+  }
+  if (p->redis) {
+    dibba_redis_t *r = p->redis;
+    p->redis = NULL;
+    p->closes++;
+    if (dibba_redis_close(r, on_redis_closed) < 0)
+      p->closes--;
+  }
   dibba_containerd_close(p->ctd, on_ctd_closed, p);
 }
 

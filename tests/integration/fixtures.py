@@ -890,7 +890,29 @@ def daemon_config(redis=None, containerd=None, cni=None, secrets_paths=None, api
             node.pop(parts[-1], None)
         else:
             node[parts[-1]] = v
+    # The pods plugin reads only plugins.pods (+ redis): the same containerd and CNI, and its own directories
+    # (after the overrides, so it sees theirs; plugins.pods.* overrides win). Its pod manager (create_pod & co.)
+    # exists only with a cni section, so only when a CNI network is given.
+    pods = pods_plugin_config(cfg, s.path("pods"), with_cni=bool(cni))
+    pods.update(cfg.setdefault("plugins", {}).get("pods", {}))
+    cfg["plugins"]["pods"] = pods
     return cfg
+
+
+def pods_plugin_config(cfg, state, with_cni=True, logger=None):
+    """plugins.pods for a daemon config: containerd and cni copied from the daemon's sections, worker.state_dir
+    (CNI cache) and netns_dir, the pause image, dibba-logger, container logs and exec FIFOs under state."""
+    out = {
+        "containerd": dict(cfg["containerd"]),
+        "worker": {"state_dir": cfg["worker"]["state_dir"], "netns_dir": cfg["worker"]["netns_dir"]},
+        "pod": {"pause_image": PAUSE_IMAGE, "dir": os.path.join(state, "pods")},
+        "logger": logger or os.path.join(BUILD_DIR, "tools", "logger", "dibba-logger"),
+        "log_dir": os.path.join(state, "logs"),
+        "state_dir": os.path.join(state, "exec"),
+    }
+    if with_cni:
+        out["cni"] = dict(cfg["cni"])
+    return out
 
 
 def binary(name):

@@ -547,7 +547,10 @@ class BrowserTest(unittest.TestCase):
         fixtures.import_images(ctrd, "k8s.io")
         host = "ui-pod-node"
         cfg = fixtures.daemon_config(redis=self.s.redis, containerd=ctrd, cni=net, secrets_paths=self.s.st.secrets,
-                                     **dict(self.s.st.base, **{"worker.hostname": host}))
+                                     **dict(self.s.st.base, **{"worker.hostname": host,
+                                                               "worker.plugins": ["node", "pods"],
+                                                               "worker.heartbeat_seconds": 1,
+                                                               "containerd.namespace": "k8s.io"}))
         worker = fixtures.Daemon("worker", cfg)
         worker.start(wait_log=r"consuming")
         marker = "dibba-ui-pod-%d" % os.getpid()
@@ -555,7 +558,11 @@ class BrowserTest(unittest.TestCase):
                 "spec": {"nodeName": host, "containers": [
                     {"name": "main", "image": fixtures.BUSYBOX_IMAGE,
                      "command": ["sh", "-c", "echo %s; exec sleep 3600" % marker]}]}}
-        r = requests.post(self.s.url + "/v1/pods", params={"host": host}, headers=self.s.st.h, timeout=30, json=body)
+        # Placement needs the worker's heartbeat listing the pods plugin: retry the 404 until it is there.
+        def post():
+            resp = requests.post(self.s.url + "/v1/pods", headers=self.s.st.h, timeout=30, json=body)
+            return resp if resp.status_code != 404 else None
+        r = fixtures.wait_until(post, 20, "a heartbeat from the pods worker")
         self.assertLess(r.status_code, 300, "POST /v1/pods: %d %s" % (r.status_code, r.text))
 
         async def run():

@@ -99,6 +99,15 @@ int dibba_pod_container(dibba_pod_mgr_t *m, const char *ns, const char *name, co
 int dibba_pod_reconcile(dibba_pod_mgr_t *m, const Dibba__V1__Pod *const *desired, size_t n, dibba_pod_done_cb cb,
                         void *data);
 
+/* The manager's generation: a counter bumped by every create and delete. */
+uint64_t dibba_pod_mgr_generation(const dibba_pod_mgr_t *m);
+/* dibba_pod_reconcile with a desired set that was read at generation since (dibba_pod_mgr_generation before
+ * the read was sent): pods created after since are kept even when desired lacks them or differs, and no
+ * missing desired pod is created if any pod was deleted after since (the set predates those operations; the
+ * next reconcile settles them). since UINT64_MAX: plain dibba_pod_reconcile. Same returns. */
+int dibba_pod_reconcile_since(dibba_pod_mgr_t *m, const Dibba__V1__Pod *const *desired, size_t n, uint64_t since,
+                              dibba_pod_done_cb cb, void *data);
+
 /* ---- pure parts ---- */
 
 /* Check a pod (names, containers, volumes, quantities, ports). Returns 0 or -EINVAL with a line in err. */
