@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import unittest
 
@@ -199,7 +200,15 @@ class FaultTest(unittest.TestCase):
         if rec["state"] != "SUCCESS":
             self.assertEqual(rec["state"], "FAILURE", rec)
             self.assertTrue(json.loads(rec["error"]).get("message"), rec)
-            rec = ps.run("create_pod", pod_json("ck"), timeout=120)
+            # Retry as a controller would: until the worker's containerd client is connected again.
+            errors = []
+            for _ in range(30):
+                rec = ps.run("create_pod", pod_json("ck"), timeout=120)
+                if rec["state"] == "SUCCESS":
+                    break
+                errors.append(json.loads(rec["error"]).get("message"))
+                time.sleep(1)
+            print("containerd kill: first create failed, retries failed with %s" % errors, file=sys.stderr)
         self.assertEqual(rec["state"], "SUCCESS", rec)
         fixtures.wait_until(lambda: (ps.get_pod("ck") or {}).get("status", {}).get("phase") == "Running", 30,
                             "the pod to be Running")
@@ -254,10 +263,8 @@ class FaultTest(unittest.TestCase):
             self.assertTrue(ps.worker.proc.poll() is None, "the worker survived")
             loggers = fixtures.pids_matching(mnt + "/")
             self.assertTrue(loggers, "the logger is still running")
-            # The logger reports the full disk on its stderr: where the shim sends it (containerd's log).
-            with open(os.path.join(ps.ctrd.dir, "containerd.log"), errors="replace") as f:
-                ctrd_log = f.read()
-            self.report = "no space" in ctrd_log.lower()
+            # Not asserted: a report of the full disk. dibba-logger drops the lines it cannot write, and the
+            # shim gives binary:// loggers /dev/null as stderr, so nothing says so (docs/RELIABILITY.md).
             # Space comes back: logging resumes.
             for f in os.listdir(mnt):
                 p = os.path.join(mnt, f)

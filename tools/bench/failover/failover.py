@@ -200,7 +200,6 @@ def measure(tasks, rate, kill_at=0.4, wait_replicas=0, drain_timeout=120, log=pr
         if pending == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    t_final = time.monotonic()
     lost = [i for i, (s, _) in zip(acked, st) if s is None]
     never_final = [i for i, (s, _) in zip(acked, st) if s is not None and s not in FINAL]
     dup = [i for i, (_, c) in zip(acked, st) if c is not None and int(c) > 1]
@@ -216,7 +215,7 @@ def measure(tasks, rate, kill_at=0.4, wait_replicas=0, drain_timeout=120, log=pr
         "succeeded": succeeded, "runs": counters.get("started"),
         "extra_runs": (counters.get("started") or 0) - succeeded,
         "failover_s": round(t_switch - t_kill, 2), "rejoin_s": round(t_rejoin - t_kill, 2),
-        "producer_s": round(t_done - t0, 2), "drain_after_producer_s": round(t_final - t_done, 2),
+        "producer_s": round(t_done - t0, 2),
         "lost_ids": lost[:10], "never_final_ids": never_final[:10], "duplicated_ids": dup[:10],
         "producer_errors": [l for l in err_text.splitlines() if not l.startswith("{")][:5],
     }
