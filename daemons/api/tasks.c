@@ -23,6 +23,7 @@ struct api_tasks_s {
   dibba_task_key_t key;
   char *prefix;
   int64_t hb_ms;
+  int64_t wait_replicas, wait_timeout_ms; /* redis.wait_replicas: submits WAIT for replicas (0: off) */
   watcher_t *watchers;
   void (*close_cb)(void *);
   void *close_data;
@@ -96,7 +97,7 @@ typedef struct submit_s {
   api_tasks_t *t;
   dibba_http_req_t *req;
   dibba_task_submit_t s;
-  char host[256], role[65], name[DIBBA_TASK_NAME_MAX + 1];
+  char host[256], role[65], name[DIBBA_TASK_NAME_MAX + 1], id[DIBBA_ID_LEN + 1];
   char *args;
   int generic; /* POST /v1/tasks: 202 {task_id} */
 } submit_t;
@@ -109,7 +110,12 @@ static void submit_free(submit_t *q) {
 
 static void submitted(int status, const char *id, void *data) {
   submit_t *q = data;
-  if (status < 0)
+  if (status == DIBBA_REDIS_EWAIT)
+    /* On the master, not yet on enough replicas: the client may resubmit with this id (POST /v1/tasks). */
+    dibba_http_respond_json(
+        q->req, 503,
+        json_pack("{s:s, s:s}", "detail", "task stored, but not acknowledged by enough replicas", "task_id", id));
+  else if (status < 0)
     dibba_http_respond_error(q->req, 503, "task store unavailable");
   else if (q->generic)
     dibba_http_respond_json(q->req, 202, json_pack("{s:s}", "task_id", id));
@@ -121,6 +127,8 @@ static void submitted(int status, const char *id, void *data) {
 
 static void do_submit(submit_t *q) {
   char id[DIBBA_ID_LEN + 1], err[256];
+  q->s.wait_replicas = (uint32_t)q->t->wait_replicas;
+  q->s.wait_timeout_ms = (uint32_t)q->t->wait_timeout_ms;
   int rc = dibba_task_submit(q->t->r, q->t->prefix, &q->t->key, &q->s, submitted, q, id, err, sizeof err);
   if (rc < 0) {
     if (rc == -EINVAL || rc == -E2BIG)
@@ -184,6 +192,7 @@ static void h_submit(dibba_http_req_t *req, void *data) {
   const char *name = json_string_value(json_object_get(b, "name"));
   const char *host = json_string_value(json_object_get(b, "host"));
   const char *role = json_string_value(json_object_get(b, "role"));
+  const char *id = json_string_value(json_object_get(b, "id"));
   json_t *args = json_object_get(b, "args");
   if (name == NULL || strlen(name) > DIBBA_TASK_NAME_MAX) {
     dibba_http_respond_422(req, "name", "a task name is required", "missing");
@@ -197,7 +206,17 @@ static void h_submit(dibba_http_req_t *req, void *data) {
     dibba_http_respond_422(req, "args", "must be an object", "type_error");
     return;
   }
+  /* A caller-chosen id makes a resubmit after a lost reply idempotent: an existing task is not written again. */
+  if ((json_object_get(b, "id") && !json_is_null(json_object_get(b, "id")) && id == NULL) ||
+      (id && !dibba_id_valid(id))) {
+    dibba_http_respond_422(req, "id", "must be a UUID", "value_error");
+    return;
+  }
   submit_t *q = dibba_xcalloc(1, sizeof *q);
+  if (id) {
+    snprintf(q->id, sizeof q->id, "%s", id);
+    q->s.id = q->id;
+  }
   snprintf(q->name, sizeof q->name, "%s", name);
   q->s.name = q->name;
   if (host) {
@@ -512,12 +531,14 @@ static const dibba_ws_ops_t watch_ops = {.on_open = ws_open, .on_message = ws_me
 int api_tasks_new(uv_loop_t *loop, const dibba_config_t *cfg, dibba_redis_t *redis, dibba_http_router_t *router,
                   const uint8_t *routing_key, size_t keylen, api_tasks_t **out, char *err, size_t errlen) {
   const char *prefix;
-  int64_t hb;
+  int64_t hb, wait_n, wait_ms;
   dibba_redis_options_t ro;
   int rc;
   *out = NULL;
   if ((rc = dibba_config_str(cfg, "redis.prefix", "dibba:", &prefix, err, errlen)) < 0 ||
       (rc = dibba_config_int(cfg, "worker.heartbeat_seconds", 5, 1, 3600, &hb, err, errlen)) < 0 ||
+      (rc = dibba_config_int(cfg, "redis.wait_replicas", 0, 0, 64, &wait_n, err, errlen)) < 0 ||
+      (rc = dibba_config_int(cfg, "redis.wait_timeout_ms", 1000, 1, 60000, &wait_ms, err, errlen)) < 0 ||
       (rc = dibba_redis_options_from_config(cfg, &ro, err, errlen)) < 0)
     return rc;
   api_tasks_t *t = dibba_xcalloc(1, sizeof *t);
@@ -525,6 +546,8 @@ int api_tasks_new(uv_loop_t *loop, const dibba_config_t *cfg, dibba_redis_t *red
   t->r = redis;
   t->prefix = dibba_xstrdup(prefix);
   t->hb_ms = hb * 1000;
+  t->wait_replicas = wait_n;
+  t->wait_timeout_ms = wait_ms;
   if ((rc = dibba_task_key_init(&t->key, routing_key, keylen)) < 0) {
     dibba_error_set(err, errlen, rc, "task.routing_key: unusable");
     goto fail;

@@ -212,7 +212,7 @@ static int worker_start(dibba_daemon_t *d, char *err, size_t errlen) {
   worker_t *w = d->data;
   const dibba_config_t *cfg = &d->cfg;
   const char *host = NULL, *roles = NULL;
-  int64_t conc, vis, block;
+  int64_t conc, vis, block, wait_n, wait_ms;
   dibba_redis_options_t ro;
   int rc;
   w->d = d;
@@ -227,7 +227,9 @@ static int worker_start(dibba_daemon_t *d, char *err, size_t errlen) {
       (rc = dibba_config_int(cfg, "task.visibility_timeout_ms", 60000, 100, 86400000, &vis, err, errlen)) < 0 ||
       (rc = dibba_config_int(cfg, "worker.block_ms", 2000, 10, 60000, &block, err, errlen)) < 0 ||
       (rc = dibba_config_int(cfg, "worker.heartbeat_seconds", 5, 1, 3600, &w->hb_seconds, err, errlen)) < 0 ||
-      (rc = dibba_config_int(cfg, "worker.shutdown_grace_ms", 10000, 0, 3600000, &w->grace_ms, err, errlen)) < 0)
+      (rc = dibba_config_int(cfg, "worker.shutdown_grace_ms", 10000, 0, 3600000, &w->grace_ms, err, errlen)) < 0 ||
+      (rc = dibba_config_int(cfg, "redis.wait_replicas", 0, 0, 64, &wait_n, err, errlen)) < 0 ||
+      (rc = dibba_config_int(cfg, "redis.wait_timeout_ms", 1000, 1, 60000, &wait_ms, err, errlen)) < 0)
     return rc;
   if (host)
     snprintf(w->hostname, sizeof w->hostname, "%s", host);
@@ -274,6 +276,8 @@ static int worker_start(dibba_daemon_t *d, char *err, size_t errlen) {
       .concurrency = (uint32_t)conc,
       .visibility_timeout_ms = (uint32_t)vis,
       .block_ms = (uint32_t)block,
+      .wait_replicas = (uint32_t)wait_n,
+      .wait_timeout_ms = (uint32_t)wait_ms,
   };
   if ((rc = dibba_task_consumer_new(&d->loop, &co, &w->consumer, err, errlen)) < 0)
     return rc;
@@ -287,8 +291,8 @@ static int worker_start(dibba_daemon_t *d, char *err, size_t errlen) {
   w->hb_timer_open = 1;
   uv_timer_start(&w->hb_timer, heartbeat, (uint64_t)w->hb_seconds * 1000, (uint64_t)w->hb_seconds * 1000);
   dibba_log_info("dibba-worker",
-                 json_pack("{s:s, s:s, s:s, s:I}", "hostname", w->hostname, "route", w->routes[0], "roles", w->roles,
-                           "concurrency", (json_int_t)conc),
+                 json_pack("{s:s, s:s, s:s, s:I, s:I}", "hostname", w->hostname, "route", w->routes[0], "roles",
+                           w->roles, "concurrency", (json_int_t)conc, "wait_replicas", (json_int_t)wait_n),
                  "consuming");
   return 0;
 }

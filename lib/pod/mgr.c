@@ -420,7 +420,13 @@ static void adopt(rec_t *r, Dibba__V1__Pod *pod, const char *uid) {
     }
   }
   dibba_log_info("pod", json_pack("{s:s, s:s, s:s}", "namespace", p->ns, "pod", p->name, "uid", uid), "re-adopted pod");
-  if (!st || st->status != CONTAINERD__V1__TYPES__STATUS__RUNNING) {
+  /* No cached CNI result: the worker died during CNI ADD (or before it), so the sandbox has no network, or a
+   * half-made one nobody recorded. Recreate it: teardown runs CNI DEL, which frees what ADD had allocated. */
+  int net_unknown = !p->pod->spec->host_network && p->ip[0] == '\0';
+  if (net_unknown)
+    dibba_log_warn("pod", json_pack("{s:s, s:s}", "namespace", p->ns, "pod", p->name),
+                   "adopted sandbox has no CNI result: recreating it");
+  if (!st || st->status != CONTAINERD__V1__TYPES__STATUS__RUNNING || net_unknown) {
     dibba__pod_sandbox_died(p);
     return;
   }

@@ -65,6 +65,8 @@ struct dibba_task_consumer_s {
   uv_check_t after_io; /* reads wanted by tasks that ended during this loop turn are sent here, as one read */
   ctask_t head;        /* circular list of tasks in flight */
   uint32_t vis_ms, block_ms, ttl_s, tick_ms;
+  uint32_t wait_replicas, wait_timeout_ms; /* final writes: WAIT (0: off) */
+  uint64_t wait_short;                     /* final writes fewer replicas acknowledged (logged) */
   uint64_t next_claim, next_touch;
   int moving;
   dibba_task_consumer_stats_t st;
@@ -208,6 +210,11 @@ static int eval_state(dibba_task_consumer_t *c, route_t *rt, const char *id, con
   len[17] = has_retry ? a->retry->elen : 0;
   len[18] = has_retry ? DIBBA_ENVELOPE_MAC_LEN : 0;
   dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  if (c->wait_replicas > 0 && (a->final || has_retry)) {
+    o.flags |= DIBBA_REDIS_WAIT_REPLICAS;
+    o.wait_replicas = c->wait_replicas;
+    o.wait_timeout_ms = c->wait_timeout_ms;
+  }
   return dibba_redis_eval(c->cmd, &dibba__lua_state, cb, data, &o, 2, (int)n, argv, len);
 }
 
@@ -325,8 +332,15 @@ static void state_done(dibba_redis_t *r, int status, redisReply *reply, void *da
   ctask_t *t = data;
   dibba_task_consumer_t *c = t->c;
   long long v = 0;
-  (void)r;
   t->sent = 0;
+  if (status == DIBBA_REDIS_EWAIT) {
+    /* The script ran on the master; only the replica acknowledgement is short. Sending it again would not
+     * change that, so the outcome stands (it may not survive a failover until a replica catches up). */
+    if (c->wait_short++ % 1000 == 0)
+      dibba_log_warn("task", lf(t), "final state written, but only %d of %u replicas acknowledged it",
+                     dibba_redis_wait_acked(r), c->wait_replicas);
+    status = 0;
+  }
   if (status == 0 && dibba_redis_reply_int(reply, &v) < 0)
     status = DIBBA_EPROTO;
   if (status < 0) {
@@ -856,6 +870,8 @@ int dibba_task_consumer_new(uv_loop_t *loop, const dibba_task_consumer_options_t
   c->block_ms = opts->block_ms ? opts->block_ms : 2000;
   c->ttl_s = opts->result_ttl_s ? opts->result_ttl_s : DIBBA_TASK_RESULT_TTL_S;
   c->tick_ms = opts->delayed_interval_ms ? opts->delayed_interval_ms : 100;
+  c->wait_replicas = opts->wait_replicas;
+  c->wait_timeout_ms = opts->wait_timeout_ms;
   snprintf(c->revoked_key, sizeof c->revoked_key, "%srevoked", c->prefix);
   snprintf(c->delayed_key, sizeof c->delayed_key, "%sdelayed", c->prefix);
   snprintf(c->revoke_chan, sizeof c->revoke_chan, "%srevoke", c->prefix);

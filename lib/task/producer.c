@@ -123,6 +123,11 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
   q->data = data;
   memcpy(q->id, id_out, sizeof q->id);
   dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  if (s->wait_replicas > 0) {
+    o.flags |= DIBBA_REDIS_WAIT_REPLICAS;
+    o.wait_replicas = s->wait_replicas;
+    o.wait_timeout_ms = s->wait_timeout_ms;
+  }
   rc = dibba_redis_eval(r, &dibba__lua_submit, submit_done, q, &o, 2, (int)(sizeof argv / sizeof argv[0]), argv,
                         argvlen);
   if (rc < 0) {

@@ -32,6 +32,11 @@ typedef struct dibba_task_submit_s {
   int64_t eta_ms;                   /* or at this epoch time (wins over countdown when > 0) */
   int64_t expires_ms;               /* relative expiry from now (0: DIBBA_TASK_DEFAULT_EXPIRES_MS) */
   uint32_t max_retries;
+  /* > 0: the script is followed by WAIT wait_replicas wait_timeout_ms (DIBBA_REDIS_WAIT_REPLICAS), so status 0
+   * or 1 means that many replicas have the record and the entry; fewer acknowledgements give
+   * DIBBA_REDIS_EWAIT (written on the master, may not survive a failover: resubmit with the same id). 0: off. */
+  uint32_t wait_replicas;
+  uint32_t wait_timeout_ms; /* with wait_replicas: WAIT's timeout (0: 1000) */
 } dibba_task_submit_t;
 
 /* Submitted: status 0 (created), 1 (a record with this id already existed: nothing was written), or a
@@ -80,6 +85,11 @@ typedef struct dibba_task_consumer_options_s {
   uint32_t block_ms;              /* XREADGROUP BLOCK (0: 2000) */
   uint32_t result_ttl_s;          /* TTL of final records (0: DIBBA_TASK_RESULT_TTL_S) */
   uint32_t delayed_interval_ms;   /* delayed mover period (0: 100) */
+  /* > 0: final (and retry) writes wait for this many replicas (DIBBA_REDIS_WAIT_REPLICAS), so a result the
+   * worker has let go of survives a failover to one of them. Fewer acknowledgements are logged and accepted
+   * (the result is on the master; re-sending cannot make a replica appear). 0: off. */
+  uint32_t wait_replicas;
+  uint32_t wait_timeout_ms; /* with wait_replicas: WAIT's timeout (0: 1000) */
 } dibba_task_consumer_options_t;
 
 /* Counters for metrics and the heartbeat. */
