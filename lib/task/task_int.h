@@ -3,8 +3,10 @@
 #ifndef DIBBA_TASK_INT_H
 #define DIBBA_TASK_INT_H
 
-/* KEYS: record, stream or delayed zset. ARGV: id, name, target, route, now, expires, max_retries, e, m,
- * delayed(0/1), due, stream key. Returns 1 (created) or 0 (the record exists: nothing written). */
+/* KEYS: record, stream or delayed zset, claim key (only with a claim). ARGV: id, name, target, route, now, expires,
+ * max_retries, e, m, delayed(0/1), due, stream key, claim value ('' none), claim ttl ms. Returns 1 (created), 0 (the
+ * record exists: nothing written but a missing claim) or 2 (the claim key holds another value: nothing written).
+ * The claim is set last, so a claim key never exists without the record it stands for. */
 extern const char dibba__lua_submit[];
 /* KEYS: record, stream. See scripts.c for ARGV. Returns seq (> 0), 0 (already final; entry acked), -1 (no
  * record; entry acked), -2 (revoked now; entry acked). */
