@@ -69,7 +69,7 @@ static void runs_read(dibba_redis_t *r, int status, redisReply *reply, void *dat
     const char *s;
     size_t n;
     json_t *next = int_field(h, "next_fire_ms");
-    /* Every replica writes next_fire_ms as it fires; the published job set has the value at load time. */
+    /* The replica that fires a slot writes next_fire_ms; the published job set has the value at load time. */
     if (json_is_integer(next) && json_is_true(json_object_get(job, "enabled")))
       json_object_set(job, "next_fire_ms", next);
     json_decref(next);

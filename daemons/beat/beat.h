@@ -18,7 +18,8 @@
 
 typedef struct beat_s beat_t;
 
-/* One firing of one slot: claim (SET NX), then the task (or the built-in action), then the job's record. */
+/* One firing of one slot: claim and task in one script (a built-in job: claim, then its action), then the job's
+ * record. */
 typedef struct beat_firing_s {
   struct beat_firing_s *prev, *next; /* in beat_t.firings */
   beat_t *b;
@@ -88,6 +89,8 @@ struct beat_s {
 void beat_fire(beat_t *b, dibba_beat_job_t *job, int64_t slot);
 /* The deterministic task id of a job's slot: UUIDv5(BEAT_UUID_NS, "<prefix>beat:<job>:<slot_ms>"). */
 void beat_task_id(const char *prefix, const char *job, int64_t slot_ms, char out[DIBBA_ID_LEN + 1]);
+/* Redis is back: retry every waiting firing now, oldest slot first, instead of at its backoff time. */
+void beat_firings_resume(beat_t *b);
 /* Drop every firing that is not waiting on a command (stop). Commands in flight free theirs on completion. */
 void beat_firings_stop(beat_t *b);
 /* 1 if this process already fired job for a slot >= slot (a firing in flight counts). */

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dibba-beat's firings: claim a slot with SET NX, submit its task under a deterministic id, record the run. */
+/* dibba-beat's firings: claim a slot and submit its task (deterministic id) in one script, record the run. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,19 +29,22 @@ enum { FIRE_CLAIM = 1, FIRE_RUN = 2, FIRE_RECORD = 3 };
 static const unsigned char beat_uuid_ns[16] = {0x5b, 0x0e, 0x6d, 0x3a, 0x2c, 0x41, 0x4f, 0x8e,
                                                0x9a, 0x57, 0x1d, 0x2f, 0x3c, 0x4b, 0x5a, 0x69};
 
-/* KEYS: fired key, job record. ARGV: replica id, ttl ms, next fire ms ('' if none).
+/* Built-in jobs only (task jobs claim in the producer's submit script, see do_submit).
+ * KEYS: fired key, job record. ARGV: replica id, ttl ms, next fire ms ('' if none).
  * 1: this call claimed the slot; 2: this replica had claimed it before (a reply lost to a disconnect); 0: taken. */
 static const char lua_claim[] = "if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'next_fire_ms', ARGV[3]) end\n"
                                 "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end\n"
                                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return 2 end\n"
                                 "return 0\n";
 
-/* KEYS: job record. ARGV: slot ms, fire ms, task id, replica. A late run never moves last_slot_ms backwards. */
+/* KEYS: job record. ARGV: slot ms, fire ms, task id, replica, next fire ms ('' if none). A late run never moves
+ * last_slot_ms (or next_fire_ms) backwards. */
 static const char lua_record[] =
     "local last = tonumber(redis.call('HGET', KEYS[1], 'last_slot_ms') or '-1')\n"
     "if tonumber(ARGV[1]) >= last then\n"
     "  redis.call('HSET', KEYS[1], 'last_slot_ms', ARGV[1], 'last_fire_ms', ARGV[2], 'last_task_id', ARGV[3],\n"
     "    'last_replica', ARGV[4])\n"
+    "  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'next_fire_ms', ARGV[5]) end\n"
     "  return 1\n"
     "end\n"
     "return 0\n";
@@ -130,23 +133,41 @@ static void log_firing(int level, beat_firing_t *f, const char *msg, const char 
 
 static void step(beat_firing_t *f);
 
-static void on_retry(uv_timer_t *t) {
-  beat_t *b = t->data;
-  int64_t now = dibba_now_ms();
-  int left = 0;
-  for (beat_firing_t *f = b->firings, *next; f; f = next) {
-    next = f->next;
-    if (!f->waiting)
-      continue;
-    if (f->retry_at_ms <= now) {
-      f->waiting = 0;
-      step(f); /* may free f; next is still valid: nothing else is freed here */
-    }
+static int by_slot(const void *x, const void *y) {
+  const beat_firing_t *a = *(beat_firing_t *const *)x, *c = *(beat_firing_t *const *)y;
+  return a->slot < c->slot ? -1 : a->slot > c->slot ? 1 : strcmp(a->job->name, c->job->name);
+}
+
+/* Retry the waiting firings due by until_ms, oldest slot first: their commands reach Redis in slot order, so after an
+ * outage a newer slot does not overtake the older ones that were waiting. */
+static void run_waiting(beat_t *b, int64_t until_ms) {
+  size_t n = 0, i = 0;
+  for (beat_firing_t *f = b->firings; f; f = f->next)
+    n += f->waiting && f->retry_at_ms <= until_ms;
+  if (n > 0) {
+    beat_firing_t **v = dibba_xcalloc(n, sizeof *v);
+    for (beat_firing_t *f = b->firings; f; f = f->next)
+      if (f->waiting && f->retry_at_ms <= until_ms)
+        v[i++] = f;
+    qsort(v, n, sizeof *v, by_slot);
+    for (i = 0; i < n; i++)
+      v[i]->waiting = 0;
+    for (i = 0; i < n; i++)
+      step(v[i]); /* may free v[i], and nothing else */
+    free(v);
   }
+  int left = 0;
   for (beat_firing_t *f = b->firings; f; f = f->next)
     left |= f->waiting;
   if (!left)
     uv_timer_stop(&b->retry);
+}
+
+static void on_retry(uv_timer_t *t) { run_waiting(t->data, dibba_now_ms()); }
+
+void beat_firings_resume(beat_t *b) {
+  if (!b->stopping)
+    run_waiting(b, INT64_MAX);
 }
 
 /* A Redis error: try again later, within the slot's deadline; the claim and the task id make that safe. */
@@ -175,6 +196,46 @@ static void retry_later(beat_firing_t *f, const char *error) {
 
 /* ---- the steps ---- */
 
+/* The claim must outlive every moment a replica could still fire the slot: the catch-up window and one period (a
+ * replica that reads an old last_slot_ms), twice over, plus a margin. */
+static int64_t claim_ttl_ms(const beat_firing_t *f) {
+  const dibba_beat_job_t *job = f->job;
+  int64_t period = job->schedule.kind == DIBBA_SCHED_EVERY ? job->schedule.every : 0;
+  if (period == 0) {
+    int64_t nx;
+    period = dibba_schedule_next(&job->schedule, job->tz, f->slot, &nx) == 0 ? nx - f->slot : DIBBA_BEAT_MAX_SECONDS;
+  }
+  if (period > DIBBA_BEAT_MAX_SECONDS)
+    period = DIBBA_BEAT_MAX_SECONDS;
+  int64_t win = job->starting_deadline > period ? job->starting_deadline : period;
+  return (win * 2 + FIRED_TTL_EXTRA_S) * 1000;
+}
+
+static void fired_key(const beat_firing_t *f, char out[512]) {
+  snprintf(out, 512, "%sbeat:fired:%s:%" PRId64, f->b->prefix, f->job->name, f->slot * 1000);
+}
+
+static void next_ms_text(const beat_firing_t *f, char out[24]) {
+  if (f->next_fire_ms >= 0)
+    snprintf(out, 24, "%" PRId64, f->next_fire_ms);
+  else
+    out[0] = '\0';
+}
+
+static void lost(beat_firing_t *f) {
+  f->b->lost++;
+  log_firing(DIBBA_LOG_DEBUG, f, "job slot fired by another replica", NULL);
+  firing_free(f);
+}
+
+static void won(beat_firing_t *f, int next_step) {
+  f->b->won++;
+  f->won = 1;
+  f->step = next_step;
+  f->attempts = 0;
+  step(f);
+}
+
 static void recorded(dibba_redis_t *r, int status, redisReply *reply, void *data) {
   beat_firing_t *f = data;
   (void)r, (void)reply;
@@ -187,12 +248,13 @@ static void recorded(dibba_redis_t *r, int status, redisReply *reply, void *data
 
 static void do_record(beat_firing_t *f) {
   beat_t *b = f->b;
-  char jkey[512], slot_s[24], now_s[24];
+  char jkey[512], slot_s[24], now_s[24], next_s[24];
   snprintf(jkey, sizeof jkey, "%sbeat:job:%s", b->prefix, f->job->name);
   snprintf(slot_s, sizeof slot_s, "%" PRId64, f->slot * 1000);
   snprintf(now_s, sizeof now_s, "%" PRId64, dibba_now_ms());
-  const char *argv[] = {"EVAL", lua_record, "1", jkey, slot_s, now_s, f->task_id, b->replica};
-  int rc = dibba_redis_command_argv(b->redis, recorded, f, NULL, 8, argv, NULL);
+  next_ms_text(f, next_s);
+  const char *argv[] = {"EVAL", lua_record, "1", jkey, slot_s, now_s, f->task_id, b->replica, next_s};
+  int rc = dibba_redis_command_argv(b->redis, recorded, f, NULL, 9, argv, NULL);
   if (rc < 0)
     retry_later(f, dibba_redis_strerror(rc));
 }
@@ -214,15 +276,31 @@ void beat_fire_done(beat_firing_t *f, int status) {
 static void submitted(int status, const char *id, void *data) {
   beat_firing_t *f = data;
   (void)id;
-  if (status >= 0)
-    log_firing(DIBBA_LOG_INFO, f, status == 0 ? "job fired" : "job fired (task already submitted)", NULL);
-  beat_fire_done(f, status);
+  if (status < 0) {
+    if (f->b->stopping)
+      firing_free(f);
+    else
+      retry_later(f, dibba_redis_strerror(status));
+    return;
+  }
+  if (status == 2) {
+    lost(f); /* the claim and the task are written together: another replica's claim is a submitted task */
+    return;
+  }
+  log_firing(DIBBA_LOG_INFO, f, status == 0 ? "job fired" : "job fired (task already submitted)", NULL);
+  if (f->b->stopping)
+    firing_free(f);
+  else
+    won(f, FIRE_RECORD);
 }
 
+/* Claim the slot and submit its task in one script: a claim can never exist without its task, so a replica that
+ * sees another's claim may drop its firing, whatever happens to the claimer afterwards. */
 static void do_submit(beat_firing_t *f) {
   beat_t *b = f->b;
   const dibba_beat_job_t *job = f->job;
-  char err[256];
+  char err[256], fkey[512];
+  fired_key(f, fkey);
   char *args = json_dumps(job->args, JSON_COMPACT | JSON_SORT_KEYS);
   dibba_task_submit_t s = {
       .name = job->task,
@@ -231,6 +309,9 @@ static void do_submit(beat_firing_t *f) {
       .args_json = args,
       .id = f->task_id,
       .expires_ms = job->expires * 1000,
+      .claim_key = fkey,
+      .claim_value = b->replica,
+      .claim_ttl_ms = claim_ttl_ms(f),
   };
   char id[DIBBA_ID_LEN + 1];
   int rc = dibba_task_submit(b->redis, b->prefix, &b->key, &s, submitted, f, id, err, sizeof err);
@@ -244,6 +325,7 @@ static void do_submit(beat_firing_t *f) {
   }
 }
 
+/* A built-in job's claim (its action is not a task, so it cannot share the claim's script). */
 static void claimed(dibba_redis_t *r, int status, redisReply *reply, void *data) {
   beat_firing_t *f = data;
   long long v = 0;
@@ -257,40 +339,19 @@ static void claimed(dibba_redis_t *r, int status, redisReply *reply, void *data)
       retry_later(f, dibba_redis_strerror(status));
     return;
   }
-  if (v == 0) {
-    f->b->lost++;
-    log_firing(DIBBA_LOG_DEBUG, f, "job slot fired by another replica", NULL);
-    firing_free(f);
-    return;
-  }
-  f->b->won++;
-  f->won = 1;
-  f->step = FIRE_RUN;
-  f->attempts = 0;
-  step(f);
+  if (v == 0)
+    lost(f);
+  else
+    won(f, FIRE_RUN);
 }
 
 static void do_claim(beat_firing_t *f) {
   beat_t *b = f->b;
-  const dibba_beat_job_t *job = f->job;
   char fkey[512], jkey[512], ttl_s[24], next_s[24];
-  /* The claim must outlive every moment a replica could still fire the slot: the catch-up window and one
-   * period (a replica that reads an old last_slot_ms), twice over, plus a margin. */
-  int64_t period = job->schedule.kind == DIBBA_SCHED_EVERY ? job->schedule.every : 0;
-  if (period == 0) {
-    int64_t nx;
-    period = dibba_schedule_next(&job->schedule, job->tz, f->slot, &nx) == 0 ? nx - f->slot : DIBBA_BEAT_MAX_SECONDS;
-  }
-  if (period > DIBBA_BEAT_MAX_SECONDS)
-    period = DIBBA_BEAT_MAX_SECONDS;
-  int64_t win = job->starting_deadline > period ? job->starting_deadline : period;
-  snprintf(fkey, sizeof fkey, "%sbeat:fired:%s:%" PRId64, b->prefix, job->name, f->slot * 1000);
-  snprintf(jkey, sizeof jkey, "%sbeat:job:%s", b->prefix, job->name);
-  snprintf(ttl_s, sizeof ttl_s, "%" PRId64, (win * 2 + FIRED_TTL_EXTRA_S) * 1000);
-  if (f->next_fire_ms >= 0)
-    snprintf(next_s, sizeof next_s, "%" PRId64, f->next_fire_ms);
-  else
-    next_s[0] = '\0';
+  fired_key(f, fkey);
+  snprintf(jkey, sizeof jkey, "%sbeat:job:%s", b->prefix, f->job->name);
+  snprintf(ttl_s, sizeof ttl_s, "%" PRId64, claim_ttl_ms(f));
+  next_ms_text(f, next_s);
   const char *argv[] = {"EVAL", lua_claim, "2", fkey, jkey, b->replica, ttl_s, next_s};
   int rc = dibba_redis_command_argv(b->redis, claimed, f, NULL, 8, argv, NULL);
   if (rc < 0)
@@ -300,13 +361,13 @@ static void do_claim(beat_firing_t *f) {
 static void step(beat_firing_t *f) {
   f->attempts++;
   switch (f->step) {
-  case FIRE_CLAIM: do_claim(f); break;
-  case FIRE_RUN:
+  case FIRE_CLAIM:
     if (beat_builtin_is(f->job))
-      beat_builtin_run(f);
+      do_claim(f);
     else
       do_submit(f);
     break;
+  case FIRE_RUN: beat_builtin_run(f); break;
   default: do_record(f); break;
   }
 }

@@ -179,8 +179,11 @@ static void on_redis_connect(dibba_redis_t *r, int status, void *data) {
     return;
   }
   dibba_log_info("beat", json_pack("{s:s}", "replica", b->replica), "redis connected");
-  if (!b->stopping)
-    sync_jobs(b, NULL, 0); /* firings may have been given up while it was away */
+  if (b->stopping)
+    return;
+  /* The slots that failed while Redis was away go first, in order, ahead of any slot the timer fires from now on. */
+  beat_firings_resume(b);
+  sync_jobs(b, NULL, 0); /* firings may have been given up while it was away */
 }
 
 static void on_redis_disconnect(dibba_redis_t *r, int status, void *data) {

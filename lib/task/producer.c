@@ -25,7 +25,9 @@ static void submit_done(dibba_redis_t *r, int status, redisReply *reply, void *d
   (void)r;
   if (status == 0 && dibba_redis_reply_int(reply, &v) < 0)
     status = DIBBA_EPROTO;
-  q->cb(status == 0 ? (v == 1 ? 0 : 1) : status, q->id, q->data);
+  if (status == 0 && (v < 0 || v > 2))
+    status = DIBBA_EPROTO;
+  q->cb(status == 0 ? (v == 1 ? 0 : v == 2 ? 2 : 1) : status, q->id, q->data);
   free(q);
 }
 
@@ -49,7 +51,7 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
   Dibba__V1__TaskEnvelope env = DIBBA__V1__TASK_ENVELOPE__INIT;
   dibba_envelope_wire_t w = {0};
   char route[DIBBA_ROUTE_LEN + 1], rkey[512], skey[512], dkey[512];
-  char now_s[24], exp_s[24], retr_s[16], due_s[24];
+  char now_s[24], exp_s[24], retr_s[16], due_s[24], cttl_s[24];
   int rc;
 
   if (s->name == NULL || s->name[0] == '\0' || strlen(s->name) > DIBBA_TASK_NAME_MAX)
@@ -61,6 +63,8 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
   rc = s->host ? dibba_route_host(k, s->host, route) : dibba_route_role(k, s->role, route);
   if (rc < 0)
     return dibba_error_set(err, errlen, rc, "bad %s name", s->host ? "host" : "role");
+  if (s->claim_key && (s->claim_value == NULL || s->claim_value[0] == '\0' || s->claim_ttl_ms <= 0))
+    return dibba_error_set(err, errlen, -EINVAL, "claim_key needs a claim_value and a claim_ttl_ms");
   if (s->id) {
     if (!dibba_id_valid(s->id))
       return dibba_error_set(err, errlen, -EINVAL, "task id is not a UUID");
@@ -98,38 +102,47 @@ int dibba_task_submit(dibba_redis_t *r, const char *prefix, const dibba_task_key
   snprintf(exp_s, sizeof exp_s, "%" PRId64, expires);
   snprintf(retr_s, sizeof retr_s, "%" PRIu32, s->max_retries);
   snprintf(due_s, sizeof due_s, "%" PRId64, due);
+  snprintf(cttl_s, sizeof cttl_s, "%" PRId64, s->claim_key ? s->claim_ttl_ms : 0);
   int delayed = due > now;
-  const char *argv[] = {rkey,
-                        delayed ? dkey : skey,
-                        id_out,
-                        s->name,
-                        s->host ? s->host : s->role,
-                        route,
-                        now_s,
-                        exp_s,
-                        retr_s,
-                        (const char *)w.e,
-                        (const char *)w.m,
-                        delayed ? "1" : "0",
-                        due_s,
-                        skey};
-  size_t argvlen[sizeof argv / sizeof argv[0]];
-  for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
-    argvlen[i] = i == 9 || i == 10 ? 0 : strlen(argv[i]);
-  argvlen[9] = w.elen; /* binary: envelope bytes and MAC */
-  argvlen[10] = DIBBA_ENVELOPE_MAC_LEN;
+  const char *argv[20]; /* 3 keys + 14 arguments at most */
+  size_t argvlen[20];
+  int argc = 0, ie, im;
+  argv[argc++] = rkey;
+  argv[argc++] = delayed ? dkey : skey;
+  if (s->claim_key)
+    argv[argc++] = s->claim_key;
+  argv[argc++] = id_out;
+  argv[argc++] = s->name;
+  argv[argc++] = s->host ? s->host : s->role;
+  argv[argc++] = route;
+  argv[argc++] = now_s;
+  argv[argc++] = exp_s;
+  argv[argc++] = retr_s;
+  ie = argc;
+  argv[argc++] = (const char *)w.e;
+  im = argc;
+  argv[argc++] = (const char *)w.m;
+  argv[argc++] = delayed ? "1" : "0";
+  argv[argc++] = due_s;
+  argv[argc++] = skey;
+  argv[argc++] = s->claim_key ? s->claim_value : "";
+  argv[argc++] = cttl_s;
+  for (int i = 0; i < argc; i++)
+    argvlen[i] = i == ie || i == im ? 0 : strlen(argv[i]);
+  argvlen[ie] = w.elen; /* binary: envelope bytes and MAC */
+  argvlen[im] = DIBBA_ENVELOPE_MAC_LEN;
   submit_req_t *q = dibba_xcalloc(1, sizeof *q);
   q->cb = cb;
   q->data = data;
   memcpy(q->id, id_out, sizeof q->id);
-  dibba_redis_cmd_opts_t o = {.flags = DIBBA_REDIS_QUEUE};
+  /* A claimed submit is not queued while disconnected: the caller decides whether it is still in time. */
+  dibba_redis_cmd_opts_t o = {.flags = s->claim_key ? 0 : DIBBA_REDIS_QUEUE};
   if (s->wait_replicas > 0) {
     o.flags |= DIBBA_REDIS_WAIT_REPLICAS;
     o.wait_replicas = s->wait_replicas;
     o.wait_timeout_ms = s->wait_timeout_ms;
   }
-  rc = dibba_redis_eval(r, &dibba__lua_submit, submit_done, q, &o, 2, (int)(sizeof argv / sizeof argv[0]), argv,
-                        argvlen);
+  rc = dibba_redis_eval(r, &dibba__lua_submit, submit_done, q, &o, s->claim_key ? 3 : 2, argc, argv, argvlen);
   if (rc < 0) {
     free(q);
     dibba_error_set(err, errlen, rc, "redis: %s", dibba_redis_strerror(rc));

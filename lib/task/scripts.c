@@ -5,7 +5,15 @@
 /* Run with EVALSHA (dibba_redis_eval): Redis would otherwise hash the whole text on every call. */
 
 static const char submit_lua[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local claim = nil\n"
+    "if ARGV[13] ~= '' then\n"
+    "  claim = redis.call('GET', KEYS[3])\n"
+    "  if claim and claim ~= ARGV[13] then return 2 end\n"
+    "end\n"
+    "local function claimed()\n"
+    "  if ARGV[13] ~= '' and not claim then redis.call('SET', KEYS[3], ARGV[13], 'PX', ARGV[14]) end\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then claimed() return 0 end\n"
     "redis.call('HSET', KEYS[1], 'state', 'PENDING', 'name', ARGV[2], 'target', ARGV[3], 'route', ARGV[4],\n"
     "  'created', ARGV[5], 'updated', ARGV[5], 'expires', ARGV[6], 'max_retries', ARGV[7], 'attempt', '0')\n"
     "if ARGV[10] == '1' then\n"
@@ -14,6 +22,7 @@ static const char submit_lua[] =
     "else\n"
     "  redis.call('XADD', KEYS[2], '*', 'e', ARGV[8], 'm', ARGV[9])\n"
     "end\n"
+    "claimed()\n"
     "return 1\n";
 
 /* ARGV: 1 id, 2 state, 3 now, 4 worker, 5 progress json, 6 event channel, 7 result json, 8 error json,

@@ -10,8 +10,10 @@
 /* HMAC-SHA256 of a then b with a context from dibba_task_key_t (route_mac, envelope_mac). Returns 0 or -EINVAL. */
 int dibba__task_mac(void *ctx, const void *a, size_t alen, const void *b, size_t blen, unsigned char out[32]);
 
-/* KEYS: record, stream or delayed zset. ARGV: id, name, target, route, now, expires, max_retries, e, m,
- * delayed(0/1), due, stream key. Returns 1 (created) or 0 (the record exists: nothing written). */
+/* KEYS: record, stream or delayed zset, claim key (only with a claim). ARGV: id, name, target, route, now, expires,
+ * max_retries, e, m, delayed(0/1), due, stream key, claim value ('' none), claim ttl ms. Returns 1 (created), 0 (the
+ * record exists: nothing written but a missing claim) or 2 (the claim key holds another value: nothing written).
+ * The claim is set last, so a claim key never exists without the record it stands for. */
 extern const dibba_redis_script_t dibba__lua_submit;
 /* KEYS: record, stream. See scripts.c for ARGV. Returns seq (> 0), 0 (already final; entry acked), -1 (no
  * record; entry acked), -2 (revoked now; entry acked). */

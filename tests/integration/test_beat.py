@@ -197,6 +197,43 @@ class BeatTest(unittest.TestCase):
             "job firing will be retried"))
         self.assertGreater(retried, 0)
 
+    def test_claim_never_without_its_task(self):
+        # A slot whose claim could land but whose submit could not, and whose claimer then stops, still fires once.
+        # Regression: claim (SET NX) and submit were two commands, and a replica that saw another's claim dropped its
+        # firing; a claim whose submit failed (Redis shut down between the two; here the task keys are refused by
+        # ACL) left the slot to the claimer alone, and when the claimer went away the slot never fired.
+        # Deterministic: the replica that holds the claim of the refused slot, if any, is the one stopped.
+        st = self.st
+        st.r.execute_command("ACL", "SETUSER", "beat", "on", ">beat-pw", "~*", "&*", "+@all")
+        url = "redis://beat:beat-pw@127.0.0.1:%d/0" % st.redis.port
+        st.job("tick", schedule={"every": "1s"}, starting_deadline=15, expires=600)
+        b1 = st.beat(**{"redis.url": url, "beat.replica_id": "r1"})
+        b2 = st.beat(**{"redis.url": url, "beat.replica_id": "r2"})
+        fixtures.wait_until(lambda: st.r.hget(st.prefix + "beat:job:tick", "last_slot_ms"), 10, "first firing")
+        first = int(st.r.hget(st.prefix + "beat:job:tick", "last_slot_ms"))
+        # Refuse the task keys (records, streams) for exactly one slot, S; the beat:* keys stay writable.
+        wait_phase(1, 0.4, 0.6)
+        slot = (int(time.time()) + 1) * 1000
+        st.r.execute_command("ACL", "SETUSER", "beat", "resetkeys", "~%sbeat:*" % st.prefix)
+        fixtures.wait_until(lambda: time.time() * 1000 > slot + 500, 5, "slot S to be tried")
+        holder = st.r.get(st.prefix + "beat:fired:tick:%d" % slot)
+        self.assertFalse(st.r.exists(st.prefix + "task:" + task_id(st.prefix, "tick", slot)))
+        # The claimer (else r1) goes away before the task keys are writable again.
+        gone, stays = (b2, b1) if holder == "r2" else (b1, b2)
+        self.assertEqual(gone.stop(), 0)
+        st.r.execute_command("ACL", "SETUSER", "beat", "~*")
+        fixtures.wait_until(lambda: int(st.r.hget(st.prefix + "beat:job:tick", "last_slot_ms") or 0) >= slot + 3000,
+                            15, "firings after S")
+        last = int(st.r.hget(st.prefix + "beat:job:tick", "last_slot_ms"))
+        self.assertEqual(st.slots_with_records("tick", first, last, 1000), list(range(first, last + 1, 1000)),
+                         (slot, holder))
+        records = st.task_records("noop")
+        streams = list(st.r.scan_iter(st.prefix + "q:*"))
+        self.assertEqual(len(streams), 1)
+        self.assertEqual(st.r.xlen(streams[0]), len(records))
+        self.assertTrue(any(l.get("slot_ms") == slot and l.get("msg", "").startswith("job fired")
+                            for l in stays.log_lines()))
+
     def test_invalid_file_and_reloads(self):
         st = self.st
         st.job("steady", schedule={"cron": "0 0 1 1 *"}, timezone="Europe/Berlin")

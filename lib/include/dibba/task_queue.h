@@ -37,10 +37,18 @@ typedef struct dibba_task_submit_s {
    * DIBBA_REDIS_EWAIT (written on the master, may not survive a failover: resubmit with the same id). 0: off. */
   uint32_t wait_replicas;
   uint32_t wait_timeout_ms; /* with wait_replicas: WAIT's timeout (0: 1000) */
+  /* Optional at-most-once guard, checked and set in the same script as the record and the XADD: submit only if
+   * claim_key is free or already holds claim_value, and then SET claim_key claim_value PX claim_ttl_ms. A claim
+   * key therefore never exists without its task. A submit with a claim is not queued while disconnected: it
+   * fails at once with UV_ENOTCONN, so the caller decides whether it is still in time to retry. */
+  const char *claim_key;   /* NULL: no guard */
+  const char *claim_value; /* non-empty */
+  int64_t claim_ttl_ms;    /* > 0 */
 } dibba_task_submit_t;
 
-/* Submitted: status 0 (created), 1 (a record with this id already existed: nothing was written), or a
- * dibba_redis_cb status (< 0) when the outcome is unknown. */
+/* Submitted: status 0 (created), 1 (a record with this id already existed: nothing was written), 2 (claim_key
+ * holds another claim_value: nothing was written), or a dibba_redis_cb status (< 0) when the outcome is
+ * unknown. */
 typedef void (*dibba_task_submit_cb)(int status, const char *id, void *data);
 
 /* Build and seal the envelope, then in one atomic Lua script (idempotent by task id) write the record
