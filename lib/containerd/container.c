@@ -15,6 +15,11 @@
 
 #define POLL_MS 100
 #define DELETE_RETRIES 100
+/* A task create for an id whose earlier task create was cut (the caller was killed) can find that attempt's
+ * shim state directory (bundle) still there: containerd finishes or unwinds the cut create on its own time, so
+ * a delete + create of the same id in quick succession fails with "file exists". Delete and retry. */
+#define CREATE_RETRIES 50
+#define CREATE_RETRY_MS 200
 
 static void close_free(uv_handle_t *h) { free(h->data); }
 
@@ -361,8 +366,9 @@ typedef struct run_s {
   Containerd__Services__Snapshots__V1__PrepareSnapshotResponse *mounts;
   dibba_container_run_cb cb;
   void *data;
-  int created;    /* something may exist to clean up */
-  char lease[96]; /* holds the new snapshot until the container references it (containerd's GC) */
+  int created;      /* something may exist to clean up */
+  int create_tries; /* task creates refused because the killed attempt's shim state is still there */
+  char lease[96];   /* holds the new snapshot until the container references it (containerd's GC) */
   int have_lease;
   uint32_t pid;
   int err;
@@ -427,9 +433,45 @@ static void on_started(dibba_containerd_t *ctd, int err, const dibba_grpc_status
   run_report(r);
 }
 
+static void send_task_create(run_t *r);
+
+typedef struct run_retry_s {
+  uv_timer_t timer;
+  run_t *r;
+} run_retry_t;
+
+static void on_create_retry(uv_timer_t *t) {
+  run_retry_t *rr = t->data;
+  run_t *r = rr->r;
+  uv_close((uv_handle_t *)t, close_free);
+  send_task_create(r);
+}
+
+static void on_stale_task_deleted(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                                  Containerd__Services__Tasks__V1__DeleteResponse *resp, void *data) {
+  (void)err; /* NotFound: the cut create never registered a task; its bundle goes when containerd unwinds it */
+  run_retry_t *rr = dibba_xcalloc(1, sizeof *rr);
+  rr->r = data;
+  uv_timer_init(dibba_containerd_loop(ctd), &rr->timer);
+  rr->timer.data = rr;
+  uv_timer_start(&rr->timer, on_create_retry, CREATE_RETRY_MS, 0);
+}
+
+static int stale_bundle(int err, const dibba_grpc_status_t *st) {
+  return err < 0 && st && st->message && strstr(st->message, "file exists");
+}
+
 static void on_task_created(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
                             Containerd__Services__Tasks__V1__CreateTaskResponse *resp, void *data) {
   run_t *r = data;
+  if (stale_bundle(err, st) && ++r->create_tries < CREATE_RETRIES) {
+    Containerd__Services__Tasks__V1__DeleteTaskRequest dreq =
+        CONTAINERD__SERVICES__TASKS__V1__DELETE_TASK_REQUEST__INIT;
+    dreq.container_id = r->id;
+    dibba_containerd_call_opts_t o = {.ns = r->ns};
+    if (dibba_containerd_tasks_delete(ctd, &o, &dreq, on_stale_task_deleted, r) == 0)
+      return;
+  }
   if (err < 0) {
     run_fail(r, err, "task create", st->message);
     return;
@@ -450,6 +492,10 @@ static void on_ctr_created(dibba_containerd_t *ctd, int err, const dibba_grpc_st
     return;
   }
   run_drop_lease(r); /* the container now references its snapshot */
+  send_task_create(r);
+}
+
+static void send_task_create(run_t *r) {
   Containerd__Services__Tasks__V1__CreateTaskRequest req = CONTAINERD__SERVICES__TASKS__V1__CREATE_TASK_REQUEST__INIT;
   req.container_id = r->id;
   req.n_rootfs = r->mounts->n_mounts;
@@ -458,7 +504,7 @@ static void on_ctr_created(dibba_containerd_t *ctd, int err, const dibba_grpc_st
   req.stdout = r->stdio ? r->stdio : "";
   req.stderr = r->stdio ? r->stdio : "";
   dibba_containerd_call_opts_t o = {.ns = r->ns, .timeout_ms = 60000};
-  int rc = dibba_containerd_tasks_create(ctd, &o, &req, on_task_created, r);
+  int rc = dibba_containerd_tasks_create(r->ctd, &o, &req, on_task_created, r);
   if (rc < 0)
     run_fail(r, rc, "task create", NULL);
 }

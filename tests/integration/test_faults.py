@@ -176,11 +176,6 @@ class FaultTest(unittest.TestCase):
         ps.worker.proc.wait()
         ps.restart_worker()
         rec = ps.wait(tid)
-        if rec["state"] == "FAILURE" and "failed to start shim" in rec.get("error", "") and \
-                "file exists" in rec.get("error", ""):
-            # Known, not fixed (docs/RELIABILITY.md): the recreated sandbox reuses the container id while
-            # containerd still holds the killed attempt's shim state directory.
-            self.skipTest("known bug: sandbox recreate hit a stale shim state dir: %s" % rec["error"])
         self.assertEqual(rec["state"], "SUCCESS", rec)
         self.assertEqual(json.loads(rec["result"])["phase"], "Running", (rec, ps.worker.log_lines()[-15:]))
         pod = ps.get_pod("wk")
