@@ -712,8 +712,10 @@ class CniNet:
     add(netns_path, cid, ifname="eth0", port_mappings=None) / delete(...) exec the plugin chain like libcni.
     """
 
-    def __init__(self, name="dibba-test"):
+    def __init__(self, name=None):
         self.s = session()
+        # The default name is unique per network: teardown removes iptables rules by CNI's "name:" comment, and
+        # a name shared by concurrent runs would take the other runs' rules with it.
         self.name = name
         with open(os.path.join(RUN_ROOT, ".lock-net"), "w") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
@@ -735,6 +737,7 @@ class CniNet:
             n = next(i for i in range(100000) if "%s%d" % (TEST_PREFIX, i) not in used
                      and not link_exists("%s%d" % (TEST_PREFIX, i)))
             self.bridge = "%s%d" % (TEST_PREFIX, n)
+            self.name = self.name or "dibba-test-" + self.bridge
             self.s.record("subnet", self.subnet)
             self.s.record("bridge", self.bridge)
             self.s.record("netname", self.name)
