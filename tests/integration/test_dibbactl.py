@@ -501,12 +501,17 @@ class RecordedRoutesTest(unittest.TestCase):
                     "--ami", "ami-1", "--security-group", "sg-1", "--tag", "team=ci")
         method, path, _, body = self.rec.last()
         self.assertEqual((method, path), ("POST", "/create-instances"))
-        self.assertEqual(json.loads(body), {"namespace": "ci", "count": 2, "instance_type": "t3.small",
+        self.assertEqual(json.loads(body), {"namespace": "ci", "min_count": 2, "max_count": 2,
+                                            "instance_type": "t3.small",
                                             "ami_id": "ami-1", "security_group_ids": ["sg-1"],
                                             "tags": {"team": "ci"}})
-        spec = self.write("spec.json", '{"namespace": "ci", "count": 1}')
+        sent = len(self.rec.requests)
+        self.assertEqual(self.ctl("instances", "create", "--namespace", "ci", "--region", "eu-west-1").returncode, 2)
+        self.assertEqual(self.ctl("instances", "create", "--namespace", "ci", "--count", "101").returncode, 2)
+        self.assertEqual(len(self.rec.requests), sent)
+        spec = self.write("spec.json", '{"namespace": "ci", "min_count": 1, "max_count": 1}')
         self.ctl.ok("instances", "create", "-f", spec)
-        self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci", "count": 1})
+        self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci", "min_count": 1, "max_count": 1})
         self.ctl.ok("instances", "terminate", "ci")
         self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci"})
         rows = [l.split() for l in self.ctl.ok("instances", "list", "ci").stdout.splitlines()]
