@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""dibbactl against a running stack (private redis-server, dibba-api, dibba-worker) and against a small local
-HTTP server that records requests, for the routes this branch does not serve yet (pods, schedules, instances)."""
+"""dibbactl against a running stack (private redis-server, dibba-api, dibba-worker; for pods a worker with the
+node + pods plugins on a private containerd and CNI bridge, with dibba-beat firing one job) and against a small
+local HTTP server that records requests, to check the exact bodies and query strings dibbactl sends."""
 import base64
 import hashlib
 import http.server
@@ -16,6 +17,9 @@ import threading
 import time
 import unittest
 import urllib.parse
+
+import redis
+import requests
 
 import fixtures
 import taskkit
@@ -390,7 +394,7 @@ class RecorderHandler(http.server.BaseHTTPRequestHandler):
 
 
 class RecordedRoutesTest(unittest.TestCase):
-    """Requests dibbactl sends for the routes this branch's API does not serve yet."""
+    """The exact requests dibbactl sends (bodies, query strings) and its reading of documented answers."""
 
     def setUp(self):
         self.rec = Recorder()
@@ -497,12 +501,17 @@ class RecordedRoutesTest(unittest.TestCase):
                     "--ami", "ami-1", "--security-group", "sg-1", "--tag", "team=ci")
         method, path, _, body = self.rec.last()
         self.assertEqual((method, path), ("POST", "/create-instances"))
-        self.assertEqual(json.loads(body), {"namespace": "ci", "count": 2, "instance_type": "t3.small",
+        self.assertEqual(json.loads(body), {"namespace": "ci", "min_count": 2, "max_count": 2,
+                                            "instance_type": "t3.small",
                                             "ami_id": "ami-1", "security_group_ids": ["sg-1"],
                                             "tags": {"team": "ci"}})
-        spec = self.write("spec.json", '{"namespace": "ci", "count": 1}')
+        sent = len(self.rec.requests)
+        self.assertEqual(self.ctl("instances", "create", "--namespace", "ci", "--region", "eu-west-1").returncode, 2)
+        self.assertEqual(self.ctl("instances", "create", "--namespace", "ci", "--count", "101").returncode, 2)
+        self.assertEqual(len(self.rec.requests), sent)
+        spec = self.write("spec.json", '{"namespace": "ci", "min_count": 1, "max_count": 1}')
         self.ctl.ok("instances", "create", "-f", spec)
-        self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci", "count": 1})
+        self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci", "min_count": 1, "max_count": 1})
         self.ctl.ok("instances", "terminate", "ci")
         self.assertEqual(json.loads(self.rec.last()[3]), {"namespace": "ci"})
         rows = [l.split() for l in self.ctl.ok("instances", "list", "ci").stdout.splitlines()]
@@ -554,6 +563,222 @@ class RecordedRoutesTest(unittest.TestCase):
         env = dict(self.ctl.env, PATH=os.path.dirname(DIBBACTL) + ":" + os.environ["PATH"])
         out = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=30)
         self.assertEqual(out.stdout.split(), ["demo/web", "get"], out.stderr)
+
+
+# A pod the real API accepts, as YAML and (below) the same pod written as JSON; NAME is replaced per copy.
+LIVE_POD_YAML = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: NAME
+  namespace: ctl
+  labels: {app: ctlweb, tier: "1"}
+spec:
+  containers:
+    - name: main
+      image: IMAGE
+      command: ["sh", "-c", "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done"]
+      env:
+        - {name: GREETING, value: "hello: world"}
+        - name: NUMBER
+          value: "0042"
+"""
+
+
+def live_pod_doc(name):
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ctl", "labels": {"app": "ctlweb", "tier": "1"}},
+            "spec": {"containers": [{
+                "name": "main", "image": fixtures.BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done"],
+                "env": [{"name": "GREETING", "value": "hello: world"}, {"name": "NUMBER", "value": "0042"}]}]}}
+
+
+class LiveRoutesTest(unittest.TestCase):
+    """Pods (apply, get, describe, logs, exec, delete) and schedules (get, run) against the real dibba-api, a
+    worker with the node + pods plugins (containerd, CNI bridge) and dibba-beat firing one job every second."""
+
+    @classmethod
+    def setUpClass(cls):
+        c = cls
+        c.redis = fixtures.RedisServer()
+        c.ctrd = fixtures.Containerd()
+        c.net = fixtures.CniNet()
+        c.ns = c.ctrd.namespace()
+        fixtures.import_images(c.ctrd, c.ns)
+        c.secrets = fixtures.make_secrets()
+        s = fixtures.session()
+        c.jobs = s.path(s.unique("jobs"))
+        os.makedirs(c.jobs)
+        c.host = "ctlhost-" + s.tag
+        with open(os.path.join(c.jobs, "ctl-tick.json"), "w") as f:
+            json.dump({"name": "ctl-tick", "task": "noop", "schedule": {"every": "1s"}, "expires": 120,
+                       "route": {"host": c.host}}, f)
+        c.port = fixtures.free_port()
+        base = {"worker.plugins": ["node", "pods"], "worker.heartbeat_seconds": 1, "worker.hostname": c.host,
+                "containerd.namespace": c.ns, "log.level": "info", "beat.dir": c.jobs,
+                "worker.plugin_dir": os.path.join(fixtures.BUILD_DIR, "plugins")}
+        cfg = lambda **kw: fixtures.daemon_config(redis=c.redis, containerd=c.ctrd, cni=c.net,
+                                                  secrets_paths=c.secrets, **dict(base, **kw))
+        c.daemons = []
+        c.worker = fixtures.Daemon("worker", cfg()).start(wait_log=r"consuming")
+        c.daemons.append(c.worker)
+        c.beat = fixtures.Daemon("beat", cfg()).start(wait_log=r"jobs loaded")
+        c.daemons.append(c.beat)
+        c.api = fixtures.Daemon("api", cfg(api_port=c.port))
+        c.daemons.append(c.api)
+        p = c.api.run_once("user", "add", "op", "--role", "operator", "--password-stdin", input=OP_PASSWORD + "\n")
+        assert p.returncode == 0, p.stderr
+        c.api.start(port=c.port)
+        c.url = "http://127.0.0.1:%d" % c.port
+        c.prefix = cfg()["redis"]["prefix"]
+        c.r = redis.Redis(unix_socket_path=c.redis.socket, decode_responses=True)
+        fixtures.wait_until(lambda: "pods" in (c.r.hget(c.prefix + "node:" + c.host, "plugins") or ""), 15,
+                            "the worker's heartbeat with the pods plugin")
+        c.ctl = Ctl(c.url)
+        c.ctl.ok("login", "-u", "op", "--password-stdin", input=OP_PASSWORD + "\n")
+        c.dir = tempfile.mkdtemp(dir=s.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        c = cls
+        try:
+            for d in reversed(c.daemons):
+                d.stop()
+        finally:
+            for d in c.daemons:
+                d.close()
+            c.ctrd.clear_namespace(c.ns)
+            c.ctrd.close()
+            c.net.close()
+            c.redis.stop()
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def pod_json(self, name):
+        p = self.ctl("-o", "json", "get", "pod", "ctl/" + name)
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def wait_running(self, name):
+        def running():
+            pod = self.pod_json(name)
+            st = (pod or {}).get("status", {})
+            return st.get("phase") == "Running" and st.get("podIP") and pod
+        return fixtures.wait_until(running, 120, "pod ctl/%s Running" % name, interval=0.3)
+
+    def stored(self, name):
+        """The spec as the API stored it (GET /v1/pods/ctl/NAME, without dibbactl in between)."""
+        with open(self.ctl.credentials()) as f:
+            tok = json.load(f)["token"]
+        r = requests.get(self.url + "/v1/pods/ctl/" + name, headers={"Authorization": "Bearer " + tok}, timeout=30)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_pods(self):
+        y = self.write("pod.yaml", LIVE_POD_YAML.replace("NAME", "fromyaml").replace("IMAGE", fixtures.BUSYBOX_IMAGE))
+        j = self.write("pod.json", json.dumps(live_pod_doc("fromjson"), indent=2))
+        self.assertEqual(self.ctl.ok("apply", "-f", y).stdout, "pod ctl/fromyaml created\n")
+        self.assertEqual(self.ctl.ok("apply", "-f", j).stdout, "pod ctl/fromjson created\n")
+        a, b = self.wait_running("fromyaml"), self.wait_running("fromjson")
+        # the same pod: the stored specs are equal (the names aside), and equal to the JSON document's
+        sa, sb = self.stored("fromyaml"), self.stored("fromjson")
+        self.assertEqual(sa["spec"], sb["spec"])
+        self.assertEqual(sa["metadata"]["labels"], sb["metadata"]["labels"])
+        self.assertEqual(sa["spec"]["containers"][0]["env"], live_pod_doc("x")["spec"]["containers"][0]["env"])
+        self.assertEqual(sa["spec"]["containers"][0]["command"], live_pod_doc("x")["spec"]["containers"][0]["command"])
+        self.assertEqual(sa["spec"]["nodeName"], self.host)
+        self.assertEqual(a["spec"], sa["spec"])
+        # applying the same file again is idempotent; a changed spec under the same name is refused
+        self.ctl.ok("apply", "-f", y)
+        p = self.ctl("apply", "-f", self.write("changed.yaml", LIVE_POD_YAML.replace("NAME", "fromyaml").replace(
+            "IMAGE", fixtures.BUSYBOX_IMAGE).replace("0042", "43")))
+        self.assertEqual(p.returncode, 5, p.stderr)
+        self.assertTrue(one_line(p.stderr), p.stderr)
+        # get pods: table, names, JSON
+        rows = [l.split() for l in self.ctl.ok("get", "pods", "-n", "ctl").stdout.splitlines()]
+        self.assertEqual(rows[0], ["NAMESPACE", "NAME", "PHASE", "IP", "HOST", "RESTARTS"])
+        got = {r[1]: r for r in rows[1:]}
+        self.assertEqual(sorted(got), ["fromjson", "fromyaml"])
+        self.assertEqual(got["fromyaml"][:5], ["ctl", "fromyaml", "Running", a["status"]["podIP"], self.host])
+        self.assertEqual(got["fromjson"][3], b["status"]["podIP"])
+        self.assertEqual(sorted(self.ctl.ok("get", "pods", "-l", "app=ctlweb", "-o", "name").stdout.split()),
+                         ["ctl/fromjson", "ctl/fromyaml"])
+        self.assertEqual(self.ctl.ok("get", "pods", "-l", "app=other", "-o", "name").stdout, "")
+        items = json.loads(self.ctl.ok("get", "pods", "-o", "json").stdout)["items"]
+        self.assertEqual(sorted(i["metadata"]["name"] for i in items), ["fromjson", "fromyaml"])
+        self.assertTrue(all(i["status"]["phase"] == "Running" for i in items))
+        d = self.ctl.ok("describe", "pod", "ctl/fromyaml").stdout
+        self.assertIn("podIP: " + a["status"]["podIP"], d)
+        self.assertIn("GREETING", d)
+        # logs; logs -f keeps printing until killed
+        fixtures.wait_until(lambda: "tick 1" in self.ctl.ok("logs", "ctl/fromyaml").stdout, 20, "the pod's log")
+        self.assertIn("started\n", self.ctl.ok("logs", "-n", "ctl", "fromyaml", "-c", "main").stdout)
+        self.assertEqual(len(self.ctl.ok("logs", "--tail", "1", "ctl/fromyaml").stdout.splitlines()), 1)
+        f = subprocess.Popen([DIBBACTL, "--server", self.url, "logs", "-f", "--tail", "1", "ctl/fromyaml"],
+                             env=self.ctl.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        self.assertIsNone(f.poll(), "logs -f ended on its own")
+        f.terminate()
+        out, err = f.communicate(timeout=10)
+        self.assertGreaterEqual(out.count("tick "), 4, out + err)
+        # exec: output and exit status
+        p = self.ctl("exec", "ctl/fromyaml", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3")
+        self.assertEqual((p.returncode, p.stdout, p.stderr), (3, "hi\n", "oops\n"))
+        self.assertEqual(self.ctl.ok("exec", "-n", "ctl", "fromjson", "-c", "main", "--", "echo", "a  b", "-n").stdout,
+                         "a  b -n\n")
+        # the YAML's env reached the container (exec's own process does not inherit it: read the main process's)
+        env = self.ctl.ok("exec", "ctl/fromyaml", "--", "sh", "-c",
+                          "for f in /proc/[0-9]*/environ; do tr '\\000' '\\n' <$f; done").stdout.splitlines()
+        self.assertIn("GREETING=hello: world", env)
+        self.assertIn("NUMBER=0042", env)
+        p = self.ctl("exec", "ctl/nosuch", "--", "true")
+        self.assertEqual(p.returncode, 4, p.stderr)
+        self.assertTrue(one_line(p.stderr), p.stderr)
+        # delete: gone
+        for name in ("fromyaml", "fromjson"):
+            self.assertEqual(self.ctl.ok("delete", "pod", "ctl/" + name).stdout, "pod ctl/%s deleted\n" % name)
+        fixtures.wait_until(lambda: self.ctl("get", "pod", "ctl/fromyaml").returncode == 4 and
+                            self.ctl("get", "pod", "ctl/fromjson").returncode == 4, 60, "the pods to go")
+        self.assertEqual(self.ctl.ok("get", "pods", "-n", "ctl", "-o", "name").stdout, "")
+        p = self.ctl("logs", "ctl/fromyaml")
+        self.assertEqual(p.returncode, 4, p.stderr)
+        # the YAML pod again under the first name: the same spec as before
+        self.ctl.ok("apply", "-f", j)
+        self.wait_running("fromjson")
+        self.assertEqual(self.stored("fromjson")["spec"], sa["spec"])
+        self.ctl.ok("delete", "pod", "-n", "ctl", "fromjson")
+        fixtures.wait_until(lambda: self.ctl("get", "pod", "ctl/fromjson").returncode == 4, 60, "the pod to go")
+
+    def test_schedules(self):
+        def listed():
+            p = self.ctl.ok("get", "schedules")
+            rows = [l.split() for l in p.stdout.splitlines()]
+            row = [r for r in rows[1:] if r[0] == "ctl-tick"]
+            return row and row[0][-1] != "<none>" and (rows, row[0])
+        rows, row = fixtures.wait_until(listed, 20, "ctl-tick with a last run")
+        self.assertEqual(rows[0], ["NAME", "SCHEDULE", "NEXT", "LAST", "LAST-TASK"])
+        self.assertEqual(row[1:3], ["every", "1s"])
+        self.assertRegex(row[-1], r"^[0-9a-f-]{36}$")
+        self.assertNotIn("<none>", row, row)  # NEXT and LAST are times
+        js = {s["name"]: s for s in json.loads(self.ctl.ok("get", "schedules", "-o", "json").stdout)["schedules"]}
+        self.assertEqual(js["ctl-tick"]["schedule"], {"every": "1s"})
+        self.assertIn("ctl-tick", self.ctl.ok("get", "schedules", "-o", "name").stdout.split())
+        self.assertIn("name: ctl-tick", self.ctl.ok("describe", "schedule", "ctl-tick").stdout)
+        self.assertEqual(self.ctl("describe", "schedule", "nosuch").returncode, 4)
+        tid = self.ctl.ok("schedules", "run", "ctl-tick").stdout.strip()
+        self.assertRegex(tid, r"^[0-9a-f-]{36}$")
+        rec = fixtures.wait_until(lambda: self.r.hgetall(self.prefix + "task:" + tid), 10, "the task record")
+        self.assertEqual(rec.get("name"), "noop", rec)
+        p = self.ctl.ok("watch", tid, "--timeout", "30")
+        self.assertIn(" %s SUCCESS" % tid, p.stdout.splitlines()[-1])
+        self.assertEqual(json.loads(self.ctl.ok("-o", "json", "get", "task", tid).stdout)["status"], "SUCCESS")
+        p = self.ctl("schedules", "run", "nosuch")
+        self.assertEqual(p.returncode, 4, p.stderr)
+        self.assertTrue(one_line(p.stderr), p.stderr)
 
 
 class RawWebSocket:

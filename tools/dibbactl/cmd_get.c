@@ -281,8 +281,9 @@ static void pod_row(ctl_table_t *t, const json_t *p, int wide) {
   ctl_table_cell(t, json_string_value(json_object_get(meta, "name")));
   ctl_table_cell(t, phase_name(json_object_get(st, "phase"), buf, sizeof buf));
   ctl_table_cell(t, json_string_value(ctl_jget(st, "podIP", "pod_ip", NULL)));
-  const char *host = json_string_value(ctl_jget(st, "hostName", "host_name", NULL));
-  ctl_table_cell(t, host ? host : json_string_value(ctl_jget(spec, "nodeName", "node_name", NULL)));
+  /* The Dibba node is spec.nodeName; status.hostName is the machine's own hostname (not the worker's name). */
+  const char *host = json_string_value(ctl_jget(spec, "nodeName", "node_name", NULL));
+  ctl_table_cell(t, host ? host : json_string_value(ctl_jget(st, "hostName", "host_name", NULL)));
   const json_t *cs = ctl_jget(st, "containerStatuses", "container_statuses", NULL);
   double restarts = 0, v;
   size_t i, ready = 0, total = json_array_size(ctl_jget(spec, "containers", NULL));
@@ -408,11 +409,13 @@ static void sched_row(ctl_table_t *t, const json_t *s, int wide) {
   char buf[256];
   ctl_table_cell(t, json_string_value(json_object_get(s, "name")));
   ctl_table_cell(t, sched_text(s, buf, sizeof buf));
-  ctl_fmt_age(ctl_time_ms(ctl_jget(s, "next", "next_run", "next_ms", "next_at_ms", "next_run_ms", "nextRunMs", NULL)),
+  /* GET /v1/schedules: next_fire_ms (null when disabled), last_fire_ms; the older guesses stay as fallbacks. */
+  ctl_fmt_age(ctl_time_ms(ctl_jget(s, "next_fire_ms", "next", "next_run", "next_ms", "next_at_ms", "next_run_ms",
+                                   "nextRunMs", NULL)),
               buf, sizeof buf);
   ctl_table_cell(t, buf);
-  ctl_fmt_age(ctl_time_ms(ctl_jget(s, "last", "last_run", "last_ms", "last_at_ms", "last_run_ms", "lastRunMs",
-                                   "last_fired_ms", NULL)),
+  ctl_fmt_age(ctl_time_ms(ctl_jget(s, "last_fire_ms", "last", "last_run", "last_ms", "last_at_ms", "last_run_ms",
+                                   "lastRunMs", "last_fired_ms", NULL)),
               buf, sizeof buf);
   ctl_table_cell(t, buf);
   ctl_table_cell(t, json_string_value(ctl_jget(s, "last_task", "last_task_id", "lastTaskId", NULL)));

@@ -375,16 +375,21 @@ int ctl_cmd_instances(ctl_t *c, int argc, char **argv) {
     case 'n': json_object_set_new(spec, "namespace", json_string(optarg)); break;
     case 'c': {
       long v = strtol(optarg, &end, 10);
-      if (*end || end == optarg || v < 1 || v > 1000) {
-        rc = ctl_usage("instances create", "--count takes 1 to 1000");
+      if (*end || end == optarg || v < 1 || v > 100) {
+        rc = ctl_usage("instances create", "--count takes 1 to 100");
         goto out;
       }
-      json_object_set_new(spec, "count", json_integer(v));
+      /* POST /create-instances takes min_count and max_count (it refuses unknown fields such as "count"). */
+      json_object_set_new(spec, "min_count", json_integer(v));
+      json_object_set_new(spec, "max_count", json_integer(v));
       break;
     }
     case 't': json_object_set_new(spec, "instance_type", json_string(optarg)); break;
     case 'a': json_object_set_new(spec, "ami_id", json_string(optarg)); break;
-    case 'r': json_object_set_new(spec, "region", json_string(optarg)); break;
+    case 'r':
+      /* The API has no region field: the aws worker's AWS_REGION decides. */
+      rc = ctl_usage("instances create", "--region is not supported: the aws worker's AWS_REGION decides");
+      goto out;
     case 's': json_object_set_new(spec, "subnet_id", json_string(optarg)); break;
     case 'g': json_array_append_new(sgs, json_string(optarg)); break;
     case 'k': json_object_set_new(spec, "key_name", json_string(optarg)); break;
