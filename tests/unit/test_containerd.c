@@ -4,11 +4,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +27,8 @@ extern char **environ;
 static char tmpdir[64];
 static char sockpath[128];
 static char busybox_tar[160];
+static int registry_port; /* the CRI config sends plain HTTP to 127.0.0.1:registry_port (registry_pull_run) */
+static pid_t registry_pid;
 
 static void write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
@@ -92,10 +96,23 @@ static void containerd_kill(void) {
 }
 
 /* Unchecked fixture (runs in the parent): one containerd for the whole suite, removed even when tests fail. */
+/* A TCP port on loopback that nothing listens on now. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = 0;
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    port = ntohs(sa.sin_port);
+  if (fd >= 0)
+    close(fd);
+  return port;
+}
+
 static void setup(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/dibba-ctd-XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(tmpdir));
   snprintf(sockpath, sizeof sockpath, "%s/containerd.sock", tmpdir);
+  registry_port = free_port();
   char *cfg = dibba_xasprintf("version = 2\n"
                               "root = \"%s/root\"\n"
                               "state = \"%s/state\"\n"
@@ -107,8 +124,10 @@ static void setup(void) {
                               "  disable_tcp_service = true\n"
                               "  stream_server_address = \"127.0.0.1\"\n"
                               "  stream_server_port = \"0\"\n"
+                              "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"127.0.0.1:%d\"]\n"
+                              "  endpoint = [\"http://127.0.0.1:%d\"]\n"
                               "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"%s/opt\"\n",
-                              tmpdir, tmpdir, sockpath, sockpath, tmpdir);
+                              tmpdir, tmpdir, sockpath, sockpath, registry_port, registry_port, tmpdir);
   char path[160];
   snprintf(path, sizeof path, "%s/config.toml", tmpdir);
   write_file(path, cfg);
@@ -127,6 +146,16 @@ static void setup(void) {
 static void kill_shims(void);
 
 static void teardown(void) {
+  /* A registry a failed forked test left (its pid is in the file; the child's registry_pid is not ours). */
+  char rp[160];
+  snprintf(rp, sizeof rp, "%s/registry.pid", tmpdir);
+  FILE *rf = fopen(rp, "r");
+  int rpid = 0;
+  if (rf) {
+    if (fscanf(rf, "%d", &rpid) == 1 && rpid > 0)
+      kill(rpid, SIGKILL);
+    fclose(rf);
+  }
   containerd_kill();
   kill_shims(); /* shims outlive a killed containerd; a failed test may leave one */
   char cmd[512];
@@ -159,6 +188,11 @@ typedef struct {
   int sub_done;
   int events;
   char last_ns_event[128];
+  /* task events of watch_id (subscribe with task_filters) */
+  int task_filters;
+  const char *watch_id;
+  int task_start, task_exit, task_delete;
+  uint32_t event_exit_status;
 } env_t;
 
 static void tick(uv_timer_t *t) {}
@@ -182,6 +216,19 @@ static void on_event(dibba_containerd_t *ctd, Containerd__Services__Events__V1__
   if (m && m->descriptor == &containerd__events__namespace_create__descriptor)
     snprintf(e->last_ns_event, sizeof e->last_ns_event, "%s:%s", env->topic,
              ((Containerd__Events__NamespaceCreate *)m)->name);
+  if (m && e->watch_id) {
+    if (m->descriptor == &containerd__events__task_start__descriptor &&
+        !strcmp(((Containerd__Events__TaskStart *)m)->container_id, e->watch_id))
+      e->task_start++;
+    if (m->descriptor == &containerd__events__task_exit__descriptor &&
+        !strcmp(((Containerd__Events__TaskExit *)m)->container_id, e->watch_id)) {
+      e->task_exit++;
+      e->event_exit_status = ((Containerd__Events__TaskExit *)m)->exit_status;
+    }
+    if (m->descriptor == &containerd__events__task_delete__descriptor &&
+        !strcmp(((Containerd__Events__TaskDelete *)m)->container_id, e->watch_id))
+      e->task_delete++;
+  }
   if (m)
     protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -194,9 +241,10 @@ static void on_sub_done(dibba_containerd_t *ctd, int err, const dibba_grpc_statu
 
 static void subscribe(env_t *e) {
   char *filters[] = {"topic==\"/namespaces/create\""};
+  char *task_filters[] = {"topic==\"/tasks/start\"", "topic==\"/tasks/exit\"", "topic==\"/tasks/delete\""};
   Containerd__Services__Events__V1__SubscribeRequest req = CONTAINERD__SERVICES__EVENTS__V1__SUBSCRIBE_REQUEST__INIT;
-  req.n_filters = 1;
-  req.filters = filters;
+  req.n_filters = e->task_filters ? 3 : 1;
+  req.filters = e->task_filters ? task_filters : filters;
   /* A subscription lives long: give it a deadline far beyond the default. */
   dibba_containerd_call_opts_t lo = {.timeout_ms = 3600 * 1000};
   ck_assert_int_eq(dibba_containerd_events_subscribe(e->ctd, &lo, &req, on_event, on_sub_done, e, &e->sub), 0);
@@ -956,6 +1004,185 @@ START_TEST(exec_output_timeout_and_missing) {
 }
 END_TEST
 
+/* ---------------- CRI pull from a local registry ---------------- */
+
+static int port_open(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {
+      .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
+/* Debian's docker-registry on 127.0.0.1:registry_port, storage below tmpdir. It stays in the test's process
+ * group (check kills that group when a forked test ends), and the registry.pid file lets teardown kill it too. */
+static void registry_start(void) {
+  char cfg[200], log[200], pidf[200], pidtext[32];
+  snprintf(cfg, sizeof cfg, "%s/registry.yml", tmpdir);
+  snprintf(log, sizeof log, "%s/registry.log", tmpdir);
+  snprintf(pidf, sizeof pidf, "%s/registry.pid", tmpdir);
+  char *yml = dibba_xasprintf("version: 0.1\n"
+                              "log:\n  level: warn\n"
+                              "storage:\n  filesystem:\n    rootdirectory: %s/registry\n"
+                              "http:\n  addr: 127.0.0.1:%d\n",
+                              tmpdir, registry_port);
+  write_file(cfg, yml);
+  free(yml);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  char *argv[] = {"docker-registry", "serve", cfg, NULL};
+  int rc = posix_spawnp(&registry_pid, "docker-registry", &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ck_assert_msg(rc == 0, "spawn docker-registry: %s", strerror(rc));
+  snprintf(pidtext, sizeof pidtext, "%d\n", (int)registry_pid);
+  write_file(pidf, pidtext);
+  for (int i = 0; i < 200 && !port_open(registry_port); i++) {
+    ck_assert_msg(waitpid(registry_pid, NULL, WNOHANG) == 0, "docker-registry exited; see %s", log);
+    usleep(50 * 1000);
+  }
+  ck_assert_msg(port_open(registry_port), "docker-registry does not listen on %d; see %s", registry_port, log);
+}
+
+static void registry_stop(void) {
+  if (registry_pid > 0 && kill(registry_pid, SIGKILL) == 0)
+    waitpid(registry_pid, NULL, 0);
+  registry_pid = 0;
+}
+
+typedef struct {
+  int done, err;
+  char ref[200], msg[256];
+} pull_t;
+
+static void on_cri_pull(dibba_containerd_t *ctd, int err, const dibba_grpc_status_t *st,
+                        Runtime__V1__PullImageResponse *resp, void *data) {
+  pull_t *p = data;
+  p->done++;
+  p->err = err;
+  snprintf(p->msg, sizeof p->msg, "%s", st && st->message ? st->message : "");
+  if (resp && resp->image_ref)
+    snprintf(p->ref, sizeof p->ref, "%s", resp->image_ref);
+}
+
+START_TEST(cri_pull_from_local_registry_and_run) {
+  registry_start();
+  char cmd[700], image[128];
+  snprintf(image, sizeof image, "127.0.0.1:%d/dibba/busybox:latest", registry_port);
+  snprintf(cmd, sizeof cmd,
+           "skopeo --insecure-policy copy --dest-tls-verify=false oci-archive:%s docker://%s >%s/skopeo.log 2>&1",
+           busybox_tar, image, tmpdir);
+  ck_assert_msg(system(cmd) == 0, "skopeo copy failed; see %s/skopeo.log", tmpdir);
+
+  env_t e;
+  env_up(&e);
+  Runtime__V1__ImageSpec spec = RUNTIME__V1__IMAGE_SPEC__INIT;
+  spec.image = image;
+  Runtime__V1__PullImageRequest req = RUNTIME__V1__PULL_IMAGE_REQUEST__INIT;
+  req.image = &spec;
+  dibba_containerd_call_opts_t co = {.timeout_ms = 60000};
+  pull_t p = {0};
+  ck_assert_int_eq(dibba_containerd_cri_pull_image(e.ctd, &co, &req, on_cri_pull, &p), 0);
+  ck_assert(run_until(&e.loop, &p.done, 1, 65000));
+  ck_assert_msg(p.err == 0, "CRI PullImage: %s (%s)", dibba_strerror(p.err), p.msg);
+  ck_assert_msg(!strncmp(p.ref, "sha256:", 7), "image_ref %s", p.ref);
+
+  /* CRI keeps the image in k8s.io: run a container from it there and read its output. The id carries the pid:
+   * runc's state directory is shared with any other containerd's k8s.io. */
+  char id[64], logger[300], logpath[200];
+  snprintf(id, sizeof id, "dibba-pull-%d", (int)getpid());
+  snprintf(logger, sizeof logger, "%s/tools/logger/dibba-logger", getenv("DIBBA_BUILDDIR"));
+  snprintf(logpath, sizeof logpath, "%s/pull.log", tmpdir);
+  const char *sh[] = {"sh", "-c", "echo from-registry; exit 0"};
+  dibba_container_opts_t o = {.id = id, .ns = "k8s.io", .image = image, .logger = logger, .log_path = logpath};
+  o.oci.command = sh;
+  o.oci.n_command = 3;
+  ctr_t run = {0}, w = {0}, del = {0};
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &o, on_run, &run), 0);
+  ck_assert(run_until(&e.loop, &run.done, 1, 60000));
+  ck_assert_msg(run.err == 0, "run: %s", run.msg);
+  ck_assert_int_eq(dibba_containerd_container_wait(e.ctd, "k8s.io", id, 30000, on_exit_cb, &w), 0);
+  ck_assert(run_until(&e.loop, &w.done, 1, 40000));
+  ck_assert_msg(w.err == 0, "wait: %s", w.msg);
+  ck_assert_uint_eq(w.status, 0);
+  ck_assert(log_has(logpath, " stdout F from-registry", 5000));
+  ck_assert_int_eq(dibba_containerd_container_delete(e.ctd, "k8s.io", id, on_deleted, &del), 0);
+  ck_assert(run_until(&e.loop, &del.done, 1, 30000));
+  ck_assert_msg(del.err == 0, "delete: %s", del.msg);
+  env_down(&e);
+  registry_stop();
+}
+END_TEST
+
+/* ---------------- an exit while containerd is down ---------------- */
+
+START_TEST(exit_while_containerd_down_is_not_missed) {
+  env_t e;
+  env_up(&e);
+  char ns[64], id[64];
+  snprintf(ns, sizeof ns, "dibba-rs-%d", (int)getpid());
+  snprintf(id, sizeof id, "rs-%d", (int)getpid());
+  img_t im;
+  import_archive(&e, ns, busybox_tar, &im);
+  ck_assert_msg(im.err == 0, "import: %s", im.msg);
+  e.task_filters = 1;
+  e.watch_id = id;
+  e.resubscribe = 1;
+  subscribe(&e);
+
+  const char *sh[] = {"sh", "-c", "sleep 2; exit 7"};
+  dibba_container_opts_t o = {.id = id, .ns = ns, .image = im.name};
+  o.oci.command = sh;
+  o.oci.n_command = 3;
+  ctr_t run = {0}, w = {0}, del = {0};
+  ck_assert_int_eq(dibba_containerd_container_run(e.ctd, &o, on_run, &run), 0);
+  ck_assert(run_until(&e.loop, &run.done, 1, 60000));
+  ck_assert_msg(run.err == 0, "run: %s", run.msg);
+  ck_assert(run_until(&e.loop, &e.task_start, 1, 10000));
+  /* The waiter is in flight across the whole outage. */
+  ck_assert_int_eq(dibba_containerd_container_wait(e.ctd, ns, id, 60000, on_exit_cb, &w), 0);
+
+  /* kill -9 containerd; the shim keeps the container running until it exits on its own. */
+  containerd_kill();
+  ck_assert(run_until(&e.loop, &e.sub_done, 1, 10000));
+  ck_assert_int_ge(count_shims(), 1);
+  int gone = 0;
+  for (int i = 0; i < 200 && !gone; i++) {
+    run_until(&e.loop, &gone, 1, 50);
+    gone = kill((pid_t)run.pid, 0) < 0 && errno == ESRCH;
+  }
+  ck_assert_msg(gone, "the container's process %u did not exit", run.pid);
+  ck_assert_int_eq(w.done, 0);
+  ck_assert_int_eq(e.task_exit, 0);
+
+  /* containerd again on the same socket, root and state: the client reconnects by itself, the state callback
+   * subscribes again, and the waiter resyncs through Tasks.Get. */
+  int ready_before = e.ready;
+  containerd_start();
+  ck_assert(run_until(&e.loop, &e.ready, ready_before + 1, 15000));
+  ck_assert(run_until(&e.loop, &w.done, 1, 30000));
+  ck_assert_msg(w.err == 0, "wait: %s", w.msg);
+  ck_assert_uint_eq(w.status, 7);
+  ck_assert_int_eq(w.oom, 0);
+  /* The event stream is back: the delete is seen on it. (The shim's own requeued /tasks/exit may or may not have
+   * arrived; when it did, it carries the same status.) */
+  ck_assert_ptr_nonnull(e.sub);
+  if (e.task_exit)
+    ck_assert_uint_eq(e.event_exit_status, 7);
+  ck_assert_int_eq(dibba_containerd_container_delete(e.ctd, ns, id, on_deleted, &del), 0);
+  ck_assert(run_until(&e.loop, &del.done, 1, 30000));
+  ck_assert_msg(del.err == 0, "delete: %s", del.msg);
+  ck_assert(run_until(&e.loop, &e.task_delete, 1, 10000));
+  e.resubscribe = 0;
+  dibba_grpc_call_cancel(e.sub);
+  ck_assert(run_until(&e.loop, &e.sub_done, 2, 5000));
+  env_down(&e);
+}
+END_TEST
+
 int main(void) {
   dibba_alloc_init();
   Suite *s = suite_create("containerd");
@@ -969,6 +1196,8 @@ int main(void) {
   tcase_add_test(tc, image_import_twice_reuses_snapshots);
   tcase_add_test(tc, container_run_logs_cgroup_stop_delete_oom);
   tcase_add_test(tc, exec_output_timeout_and_missing);
+  tcase_add_test(tc, cri_pull_from_local_registry_and_run);
+  tcase_add_test(tc, exit_while_containerd_down_is_not_missed);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
