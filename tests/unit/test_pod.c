@@ -527,6 +527,9 @@ static void plugin_unload(live_t *l) {
     uv_run(&l->loop, UV_RUN_NOWAIT), usleep(10 * 1000);
 }
 
+/* The manager's periodic reconcile; a test that must not lean on it sets it high before live_open. */
+static int live_reconcile_ms = 1000;
+
 static void live_open(live_t *l, const char *netname) {
   ck_assert_int_eq(uv_loop_init(&l->loop), 0);
   net_new(&l->net, netname);
@@ -535,9 +538,9 @@ static void live_open(live_t *l, const char *netname) {
       " \"logger\": \"%s/tools/logger/dibba-logger\", \"log_dir\": \"%s/logs\", \"state_dir\": \"%s/exec\","
       " \"cni\": {\"path\": \"/usr/lib/cni\", \"conf_dir\": \"%s\", \"net_name\": \"%s\", \"timeout_ms\": 60000},"
       " \"worker\": {\"state_dir\": \"%s\", \"netns_dir\": \"%s\"},"
-      " \"pod\": {\"backoff_base_ms\": 200, \"backoff_max_ms\": 2000, \"reconcile_ms\": 1000, \"dir\": \"%s/pods\"}}",
+      " \"pod\": {\"backoff_base_ms\": 200, \"backoff_max_ms\": 2000, \"reconcile_ms\": %d, \"dir\": \"%s/pods\"}}",
       sockpath, netname, getenv("DIBBA_BUILDDIR"), tmpdir, tmpdir, l->net.conf_dir, l->net.name, l->net.state_dir,
-      l->net.netns_dir, l->net.state_dir);
+      l->net.netns_dir, live_reconcile_ms, l->net.state_dir);
   l->cfg = json_loads(cfgtext, 0, NULL);
   free(cfgtext);
   ck_assert_ptr_nonnull(l->cfg);
@@ -848,6 +851,116 @@ START_TEST(pod_reconcile) {
 }
 END_TEST
 
+#define KILL_POD(name, policy)                                                                                         \
+  "{\"metadata\": {\"name\": \"" name "\"}, \"spec\": {\"restartPolicy\": \"" policy                                   \
+  "\", \"terminationGracePeriodSeconds\": 1, \"containers\": [{\"name\": \"s\", \"image\": "                           \
+  "\"docker.io/library/busybox:latest\", \"command\": [\"sleep\", \"3600\"]}]}}"
+
+/* The pid of pod name's app task "s", from containerd (0 when there is none or it is not running). */
+static int app_pid(live_t *l, const char *name) {
+  char *out = capture("ctr -a %s -n %s c ls 'labels.\"dibba.io/pod-name\"==%s' -q 2>/dev/null | grep -- '-s$' | "
+                      "while read c; do ctr -a %s -n %s t ls | awk -v c=$c '$1 == c && $3 == \"RUNNING\" {print $2}'; "
+                      "done",
+                      sockpath, l->net.name, name, sockpath, l->net.name);
+  int pid = atoi(out);
+  free(out);
+  return pid;
+}
+
+/* While containerd is down, the app process of each pod is SIGKILLed; containerd comes back on the same socket, root
+ * and state. The manager must notice the exits (events are re-subscribed, reconcile runs at READY) and apply the
+ * restart policy: Always restarts the container, Never leaves it terminated with 137 and the pod Failed. */
+START_TEST(pod_exit_while_containerd_down) {
+  if (geteuid() != 0)
+    return;
+  live_t l;
+  live_reconcile_ms = 600000; /* what notices the exits is the READY-time reconcile or the re-subscribed events */
+  live_open(&l, "dibba-pod-e");
+  dibba_task_run_t r;
+  run_task(&l.loop, &l.reg, "create_pod", KILL_POD("always", "Always"), &r, 90000);
+  expect_ok(&r, "create_pod Always");
+  ck_assert_str_eq(json_string_value(json_object_get(r.result, "phase")), "Running");
+  dibba_task_run_free(&r);
+  run_task(&l.loop, &l.reg, "create_pod", KILL_POD("never", "Never"), &r, 90000);
+  expect_ok(&r, "create_pod Never");
+  ck_assert_str_eq(json_string_value(json_object_get(r.result, "phase")), "Running");
+  dibba_task_run_free(&r);
+  int pa = 0, pn = 0;
+  for (int i = 0; i < 50 && (!pa || !pn); i++) {
+    spin(&l, 100);
+    pa = app_pid(&l, "always");
+    pn = app_pid(&l, "never");
+  }
+  ck_assert_msg(pa > 0 && pn > 0, "no app task pids (%d, %d)", pa, pn);
+
+  containerd_kill();
+  spin(&l, 300); /* the manager sees the connection go */
+  ck_assert_int_eq(kill(pa, SIGKILL), 0);
+  ck_assert_int_eq(kill(pn, SIGKILL), 0);
+  for (int i = 0; i < 100 && (kill(pa, 0) == 0 || kill(pn, 0) == 0); i++)
+    usleep(20 * 1000); /* the shims reap them */
+  spin(&l, 500);
+  containerd_start();
+
+  int ok_a = 0, ok_n = 0, newpid = 0;
+  for (int i = 0; i < 300 && !(ok_a && ok_n); i++) {
+    spin(&l, 100);
+    get_pod(&l, "always", &r);
+    if (!ok_a && r.state == DIBBA_TASK_SUCCESS) {
+      json_t *c = cstatus(json_object_get(r.result, "status"), "s");
+      int n = (int)json_integer_value(json_object_get(c, "restartCount"));
+      ck_assert_int_le(n, 1);
+      if (n == 1 && json_object_get(json_object_get(c, "state"), "running") &&
+          strcmp(pod_phase_of(&r), "Running") == 0) {
+        json_t *ls = json_object_get(json_object_get(c, "lastState"), "terminated");
+        ck_assert_int_eq(json_integer_value(json_object_get(ls, "exitCode")), 137);
+        newpid = app_pid(&l, "always");
+        ok_a = newpid > 0 && newpid != pa;
+      }
+    }
+    dibba_task_run_free(&r);
+    get_pod(&l, "never", &r);
+    if (!ok_n && r.state == DIBBA_TASK_SUCCESS) {
+      json_t *c = cstatus(json_object_get(r.result, "status"), "s");
+      json_t *term = json_object_get(json_object_get(c, "state"), "terminated");
+      ok_n = term && json_integer_value(json_object_get(term, "exitCode")) == 137 &&
+             strcmp(json_string_value(json_object_get(term, "reason")) ?: "", "Error") == 0 &&
+             strcmp(pod_phase_of(&r) ?: "", "Failed") == 0;
+    }
+    dibba_task_run_free(&r);
+  }
+  if (!ok_a || !ok_n) {
+    char *dbg = capture("ctr -a %s -n %s t ls 2>&1", sockpath, l.net.name);
+    get_pod(&l, "always", &r);
+    char *a = json_dumps(r.result, 0);
+    dibba_task_run_free(&r);
+    get_pod(&l, "never", &r);
+    char *n = json_dumps(r.result, 0);
+    dibba_task_run_free(&r);
+    ck_abort_msg("exits not handled after containerd came back (always %d, never %d): %s\nalways: %s\nnever: %s", ok_a,
+                 ok_n, dbg, a ? a : "", n ? n : "");
+  }
+  /* Settled: one restart, the Never container stays down, no duplicate containers. */
+  spin(&l, 1500);
+  get_pod(&l, "always", &r);
+  ck_assert_int_eq(
+      json_integer_value(json_object_get(cstatus(json_object_get(r.result, "status"), "s"), "restartCount")), 1);
+  dibba_task_run_free(&r);
+  ck_assert_int_eq(app_pid(&l, "always"), newpid);
+  get_pod(&l, "never", &r);
+  ck_assert_int_eq(
+      json_integer_value(json_object_get(cstatus(json_object_get(r.result, "status"), "s"), "restartCount")), 0);
+  dibba_task_run_free(&r);
+  char *cnt = capture("ctr -a %s -n %s c ls -q | grep -c dp-", sockpath, l.net.name);
+  ck_assert_int_eq(atoi(cnt), 4); /* two sandboxes + two apps */
+  free(cnt);
+  delete_pod(&l, "always");
+  delete_pod(&l, "never");
+  assert_clean(&l);
+  live_close(&l);
+}
+END_TEST
+
 #define NPODS 10
 
 START_TEST(pod_many) {
@@ -957,6 +1070,7 @@ int main(void) {
   ADD(pod_two_containers);
   ADD(pod_restart_policy);
   ADD(pod_reconcile);
+  ADD(pod_exit_while_containerd_down);
   ADD(pod_many);
   suite_add_tcase(s, tc);
   TCase *pure = tcase_create("pure");
