@@ -208,7 +208,8 @@ class PodsApiTest(unittest.TestCase):
         self.wait_running("demo", "rt")
         r = self.call("DELETE", "/v1/pods/demo/rt")
         self.assertEqual(r.status_code, 202, r.text)
-        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+        rec = self.wait_task(r.json()["task_id"])
+        self.assertEqual(rec["status"], "SUCCESS", rec)
 
     def test_3_worker_restart_readopts(self):
         before = sorted(self.app_containers())
@@ -229,7 +230,8 @@ class PodsApiTest(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(fixtures.NETNS_DIR, "dibba-" + key)))
         r = self.call("DELETE", "/v1/pods/demo/web")
         self.assertEqual(r.status_code, 202, r.text)
-        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+        rec = self.wait_task(r.json()["task_id"])
+        self.assertEqual(rec["status"], "SUCCESS", rec)
         self.assertFalse(self.r.exists(self.prefix + "pod:demo/web"))
         self.assertFalse(self.r.sismember(self.prefix + "pods", "demo/web"))
         self.assertEqual(self.call("GET", "/v1/pods/demo/web").status_code, 404)
@@ -254,7 +256,8 @@ class PodsApiTest(unittest.TestCase):
                             "resources": {"cpu_millicores": 250, "memory": 64 << 20}}]})
         self.assertEqual(r.status_code, 200, r.text)
         self.assertEqual(r.json()["message"], "Task submitted successfully")
-        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+        rec = self.wait_task(r.json()["task_id"])
+        self.assertEqual(rec["status"], "SUCCESS", rec)
         pod = self.wait_running("seed", "seedweb")
         self.assertEqual(pod["spec"]["containers"][0]["resources"]["limits"], {"cpu": "250m", "memory": "67108864"})
         r = self.call("POST", "/v1/pods/seed/seedweb/exec", json={"command": ["sh", "-c", "for f in /proc/[0-9]*/environ; do tr '\\000' '\\n' <$f; done"]})
@@ -263,7 +266,8 @@ class PodsApiTest(unittest.TestCase):
             {"name": "a", "image": "x", "gpu": 1}]}), ["body", "containers", 0, "gpu"])
         self.assert_422(self.call("POST", "/create-pods", json={"containers": []}), ["body", "host_name"])
         r = self.call("DELETE", "/v1/pods/seed/seedweb")
-        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+        rec = self.wait_task(r.json()["task_id"])
+        self.assertEqual(rec["status"], "SUCCESS", rec)
         self.assertEqual(self.app_containers(), [])
 
     def test_6_placement_and_default_namespace(self):
@@ -276,7 +280,8 @@ class PodsApiTest(unittest.TestCase):
         self.assertEqual(self.wait_running("default", "placed")["spec"]["nodeName"], self.host)
         self.assertEqual(self.call("POST", "/v1/pods", json=body).status_code, 200)
         r = self.call("DELETE", "/v1/pods/default/placed")
-        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
+        rec = self.wait_task(r.json()["task_id"])
+        self.assertEqual(rec["status"], "SUCCESS", rec)
 
 
 if __name__ == "__main__":
