@@ -44,11 +44,12 @@ typedef struct beat_seen_s {
 
 /* The built-in housekeeping settings (beat.builtin.*). */
 typedef struct beat_builtin_cfg_s {
-  int node_offline, task_purge; /* enabled */
-  const char *node_offline_every, *task_purge_every;
-  int64_t heartbeat_s;         /* worker.heartbeat_seconds: offline after 3 missed */
-  int64_t node_remove_after_s; /* drop a host from the nodes zset after this long offline */
-  int64_t record_ttl_s;        /* task.record_ttl */
+  int node_offline, task_purge, pod_reconcile; /* enabled */
+  const char *node_offline_every, *task_purge_every, *pod_reconcile_every;
+  int64_t pod_reconcile_expires_s; /* a reconcile_pods task expires after its period (at least 5 s, at most 5 min) */
+  int64_t heartbeat_s;             /* worker.heartbeat_seconds: offline after 3 missed */
+  int64_t node_remove_after_s;     /* drop a host from the nodes zset after this long offline */
+  int64_t record_ttl_s;            /* task.record_ttl */
 } beat_builtin_cfg_t;
 
 typedef struct beat_sweep_s beat_sweep_t;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dibba-beat's built-in housekeeping jobs: offline nodes and the purge of old task records, run inside beat. */
+/* dibba-beat's built-in housekeeping jobs, run inside beat: offline nodes, the purge of old task records and a
+ * reconcile_pods task per online pods host. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,6 +18,8 @@
 
 #define NODE_OFFLINE_JOB "beat.node-offline"
 #define TASK_PURGE_JOB "beat.task-purge"
+#define POD_RECONCILE_JOB "beat.pod-reconcile"
+#define POD_RECONCILE_TASK "reconcile_pods"
 #define SCAN_COUNT "500"
 
 /* KEYS: nodes zset, offline hash. ARGV: offline cutoff ms, removal cutoff ms, now ms.
@@ -74,6 +77,19 @@ static const char lua_purge[] = "local now, ttl = tonumber(ARGV[1]), tonumber(AR
                                 "end\n"
                                 "return {deleted, expiring}\n";
 
+/* KEYS: nodes zset. ARGV: heartbeat cutoff ms, prefix. The hosts with a fresh heartbeat whose node hash lists the
+ * pods plugin (as dibba-api's placement reads it). */
+static const char lua_pod_hosts[] = "local out = {}\n"
+                                    "for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do\n"
+                                    "  local pl = redis.call('HGET', ARGV[2] .. 'node:' .. h, 'plugins')\n"
+                                    "  if pl then\n"
+                                    "    for x in string.gmatch(pl, '[^, ]+') do\n"
+                                    "      if x == 'pods' then out[#out + 1] = h break end\n"
+                                    "    end\n"
+                                    "  end\n"
+                                    "end\n"
+                                    "return out\n";
+
 /* KEYS: the revoked set. ARGV: prefix, ids. Ids whose record is gone are dropped. */
 static const char lua_trim[] = "local n = 0\n"
                                "for i = 2, #ARGV do\n"
@@ -97,6 +113,9 @@ int beat_builtin_config(beat_t *b, char *err, size_t errlen) {
                             &c->node_remove_after_s, err, errlen)) < 0 ||
       (r = dibba_config_bool(cfg, "beat.builtin.task_purge.enabled", 1, &c->task_purge, err, errlen)) < 0 ||
       (r = dibba_config_str(cfg, "beat.builtin.task_purge.every", "10m", &c->task_purge_every, err, errlen)) < 0 ||
+      (r = dibba_config_bool(cfg, "beat.builtin.pod_reconcile.enabled", 1, &c->pod_reconcile, err, errlen)) < 0 ||
+      (r = dibba_config_str(cfg, "beat.builtin.pod_reconcile.every", "60s", &c->pod_reconcile_every, err, errlen)) <
+          0 ||
       (r = dibba_config_int(cfg, "worker.heartbeat_seconds", 5, 1, 3600, &c->heartbeat_s, err, errlen)) < 0 ||
       (r = dibba_config_int(cfg, "task.record_ttl", DIBBA_TASK_RESULT_TTL_S, 1, 365LL * 86400, &c->record_ttl_s, err,
                             errlen)) < 0)
@@ -105,6 +124,9 @@ int beat_builtin_config(beat_t *b, char *err, size_t errlen) {
     return dibba_error_set(err, errlen, DIBBA_ECONFIG, "config: beat.builtin.node_offline.every: %s", why);
   if (dibba_every_parse(c->task_purge_every, &secs, &pos, why, sizeof why) < 0)
     return dibba_error_set(err, errlen, DIBBA_ECONFIG, "config: beat.builtin.task_purge.every: %s", why);
+  if (dibba_every_parse(c->pod_reconcile_every, &secs, &pos, why, sizeof why) < 0)
+    return dibba_error_set(err, errlen, DIBBA_ECONFIG, "config: beat.builtin.pod_reconcile.every: %s", why);
+  c->pod_reconcile_expires_s = secs < 5 ? 5 : secs > 300 ? 300 : secs;
   return 0;
 }
 
@@ -127,6 +149,9 @@ void beat_builtin_add(beat_t *b, dibba_beat_jobs_t *set) {
     add_one(set, json_pack("{s:s,s:s,s:{s:I},s:{s:s},s:{s:s}}", "name", TASK_PURGE_JOB, "task", "beat.task_purge",
                            "args", "record_ttl_s", (json_int_t)c->record_ttl_s, "route", "role", "control", "schedule",
                            "every", c->task_purge_every));
+  if (c->pod_reconcile)
+    add_one(set, json_pack("{s:s,s:s,s:{},s:{s:s},s:{s:s}}", "name", POD_RECONCILE_JOB, "task", "beat.pod_reconcile",
+                           "args", "route", "role", "control", "schedule", "every", c->pod_reconcile_every));
 }
 
 int beat_builtin_is(const dibba_beat_job_t *job) { return strcmp(job->file, BEAT_BUILTIN_FILE) == 0; }
@@ -316,9 +341,106 @@ static void run_purge(beat_firing_t *f) {
   sweep_next(s);
 }
 
+/* ---- pod reconcile: a reconcile_pods task to every online host that runs the pods plugin ---- */
+
+typedef struct pod_sweep_s {
+  beat_firing_t *f;
+  size_t pending;
+  int status; /* the first Redis error of a submit: the firing is retried (the task ids make that safe) */
+  long long created, existed, refused;
+} pod_sweep_t;
+
+static void pod_sweep_end(pod_sweep_t *s) {
+  beat_firing_t *f = s->f;
+  int status = s->status;
+  if (s->created || s->refused)
+    dibba_log_info("beat",
+                   json_pack("{s:s,s:s,s:I,s:I,s:I}", "job", f->job->name, "task", POD_RECONCILE_TASK, "submitted",
+                             (json_int_t)s->created, "already_submitted", (json_int_t)s->existed, "refused",
+                             (json_int_t)s->refused),
+                   "pod reconcile: %lld hosts asked, %lld already asked, %lld refused", s->created, s->existed,
+                   s->refused);
+  free(s);
+  beat_fire_done(f, status);
+}
+
+static void pod_submitted(int status, const char *id, void *data) {
+  pod_sweep_t *s = data;
+  (void)id;
+  if (status < 0 && s->status == 0)
+    s->status = status;
+  else if (status == 0)
+    s->created++;
+  else if (status > 0)
+    s->existed++;
+  if (--s->pending == 0)
+    pod_sweep_end(s);
+}
+
+static void pod_hosts_read(dibba_redis_t *r, int status, redisReply *reply, void *data) {
+  beat_firing_t *f = data;
+  beat_t *b = f->b;
+  (void)r;
+  if (status == 0 && (reply == NULL || reply->type != REDIS_REPLY_ARRAY))
+    status = DIBBA_EPROTO;
+  if (status < 0 || b->stopping) {
+    beat_fire_done(f, status);
+    return;
+  }
+  pod_sweep_t *s = dibba_xcalloc(1, sizeof *s);
+  s->f = f;
+  s->pending = 1; /* held until every submit is sent */
+  for (size_t i = 0; i < reply->elements; i++) {
+    const char *h;
+    size_t hl;
+    char host[256], job[320], id[DIBBA_ID_LEN + 1], out[DIBBA_ID_LEN + 1], err[256];
+    if (dibba_redis_reply_str(reply->element[i], &h, &hl) < 0 || hl == 0 || hl >= sizeof host) {
+      s->refused++;
+      continue;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    /* One id per host and slot: a retried firing (or another replica's) resubmits the same task. */
+    snprintf(job, sizeof job, "%s/%s", f->job->name, host);
+    beat_task_id(b->prefix, job, f->slot * 1000, id);
+    dibba_task_submit_t sub = {.name = POD_RECONCILE_TASK,
+                               .host = host,
+                               .args_json = "{}",
+                               .id = id,
+                               .expires_ms = b->builtin.pod_reconcile_expires_s * 1000};
+    s->pending++;
+    int rc = dibba_task_submit(b->redis, b->prefix, &b->key, &sub, pod_submitted, s, out, err, sizeof err);
+    if (rc < 0) {
+      s->pending--;
+      if (rc == -EINVAL || rc == -E2BIG) {
+        s->refused++;
+        dibba_log_warn("beat", json_pack("{s:s,s:s,s:s}", "job", f->job->name, "host", host, "error", err),
+                       "pod reconcile: cannot submit to host %s", host);
+      } else if (s->status == 0) {
+        s->status = rc;
+      }
+    }
+  }
+  if (--s->pending == 0)
+    pod_sweep_end(s);
+}
+
+static void run_pod_reconcile(beat_firing_t *f) {
+  beat_t *b = f->b;
+  char zkey[512], since[24];
+  snprintf(zkey, sizeof zkey, "%snodes", b->prefix);
+  snprintf(since, sizeof since, "%" PRId64, dibba_now_ms() - 3 * b->builtin.heartbeat_s * 1000);
+  const char *argv[] = {"EVAL", lua_pod_hosts, "1", zkey, since, b->prefix};
+  int rc = dibba_redis_command_argv(b->redis, pod_hosts_read, f, NULL, 6, argv, NULL);
+  if (rc < 0)
+    beat_fire_done(f, rc);
+}
+
 void beat_builtin_run(beat_firing_t *f) {
   if (strcmp(f->job->name, NODE_OFFLINE_JOB) == 0)
     run_nodes(f);
+  else if (strcmp(f->job->name, POD_RECONCILE_JOB) == 0)
+    run_pod_reconcile(f);
   else
     run_purge(f);
 }

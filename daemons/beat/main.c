@@ -423,8 +423,9 @@ int main(int argc, char **argv) {
       .name = "dibba-beat",
       .usage = "Configuration: beat.dir (env DIBBA_BEAT_DIR), a directory of *.json job files;\n"
                "it is watched, and SIGHUP reloads it too. beat.replica_id (default hostname:pid) marks this\n"
-               "replica's claims; beat.builtin.node_offline.* and beat.builtin.task_purge.* set the built-in\n"
-               "housekeeping jobs (enabled, every). See README.md, \"Schedules\".\n",
+               "replica's claims; beat.builtin.node_offline.*, beat.builtin.task_purge.* and\n"
+               "beat.builtin.pod_reconcile.* set the built-in housekeeping jobs (enabled, every). See README.md,\n"
+               "\"Schedules\".\n",
       .start = beat_start,
       .stop = beat_stop,
       .reload = beat_reload,

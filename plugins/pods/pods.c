@@ -42,9 +42,11 @@ typedef struct pods_s {
   int timer_open;
   uint64_t desired_ms;
   int ctd_ready;
-  int desired_busy;  /* a desired-set read or reconcile is in flight */
-  int desired_again; /* another was asked for meanwhile */
-  int closes;        /* asynchronous closes still to come before p is freed */
+  int desired_busy;          /* a desired-set read or reconcile is in flight */
+  int desired_again;         /* another was asked for meanwhile */
+  struct rwait_s *rwait;     /* reconcile_pods tasks waiting for the next desired-set run to start */
+  struct desired_s *desired; /* the desired-set run in flight, or NULL */
+  int closes;                /* asynchronous closes still to come before p is freed */
 } pods_t;
 
 /* One running task: the handler's state, freed when the task ends. */
@@ -760,16 +762,55 @@ static void record_forget(pods_t *p, const char *ns, const char *name, dibba_tas
     on_forgot(NULL, p->redis ? UV_ENOTCONN : 0, NULL, rq);
 }
 
-/* ---- the desired set: at start, on containerd READY, after a Redis reconnect, and every desired_ms ---- */
+/* ---- the desired set: at start, on containerd READY, after a Redis reconnect, every desired_ms and on a
+ * reconcile_pods task ---- */
+
+/* A reconcile_pods task: waits on pods_t.rwait for the next run to start, then on that run's list. */
+typedef struct rwait_s {
+  struct rwait_s *next;
+  dibba_task_ctx_t *t;
+} rwait_t;
 
 typedef struct desired_s {
   pods_t *p;
   uint64_t since;
   char **gone; /* "<ns>/<name>" of records being deleted: removed once the reconcile has removed their pods */
   size_t n_gone;
+  size_t n_desired; /* pods in the desired set */
+  rwait_t *tasks;   /* reconcile_pods tasks that this run answers */
 } desired_t;
 
 static void desired_run(pods_t *p);
+
+/* End every task on *list: SUCCESS with the run's summary (d, err 0) or FAILURE with msg. */
+static void rwait_end(pods_t *p, rwait_t **list, const desired_t *d, int err, const char *msg) {
+  while (*list) {
+    rwait_t *w = *list;
+    *list = w->next;
+    dibba_task_ctx_t *t = w->t;
+    free(w);
+    t->ops->on_cancel(t, NULL, NULL);
+    if (err < 0) {
+      dibba_task_fail(t, err, NULL, msg);
+      continue;
+    }
+    Dibba__V1__PodList *l = NULL;
+    json_int_t pods = -1;
+    if (p->mgr && dibba_pod_list(p->mgr, NULL, NULL, &l) == 0) {
+      pods = (json_int_t)l->n_items;
+      protobuf_c_message_free_unpacked(&l->base, NULL);
+    }
+    dibba_task_complete(t, json_pack("{s:b,s:s,s:I,s:I,s:I}", "reconciled", 1, "host", p->host, "desired",
+                                     (json_int_t)d->n_desired, "deleting", (json_int_t)d->n_gone, "pods", pods));
+  }
+}
+
+static void desired_free(desired_t *d) {
+  for (size_t i = 0; i < d->n_gone; i++)
+    free(d->gone[i]);
+  free(d->gone);
+  free(d);
+}
 
 static void desired_end(pods_t *p) {
   p->desired_busy = 0;
@@ -792,13 +833,13 @@ static void on_desired_reconciled(dibba_pod_mgr_t *m, int err, const char *msg, 
       char *slash = strchr(d->gone[i], '/');
       *slash = '\0';
       record_forget(p, d->gone[i], slash + 1, NULL);
+      *slash = '/';
     }
     status_write_all(p);
   }
-  for (size_t i = 0; i < d->n_gone; i++)
-    free(d->gone[i]);
-  free(d->gone);
-  free(d);
+  p->desired = NULL;
+  rwait_end(p, &d->tasks, d, err < 0 ? err : p->mgr ? 0 : UV_ECANCELED, err < 0 ? msg : "pods: closing");
+  desired_free(d);
   desired_end(p);
 }
 
@@ -808,9 +849,16 @@ static void on_desired_read(dibba_redis_t *r, int status, redisReply *reply, voi
   (void)r;
   Dibba__V1__Pod **pods = NULL;
   size_t n = 0, bad = 0;
+  int fail = 0;
+  char why[200] = "";
   if (status < 0 || !reply || reply->type != REDIS_REPLY_ARRAY || !p->mgr) {
     if (status < 0)
       redis_warn(p, "desired set read", status);
+    fail = status < 0 ? status : !p->mgr ? UV_ECANCELED : DIBBA_EPROTO;
+    snprintf(why, sizeof why, "pods: desired set read: %s",
+             status < 0 ? dibba_redis_strerror(status)
+             : !p->mgr  ? "closing"
+                        : "unexpected reply");
     goto out;
   }
   pods = dibba_xcalloc(reply->elements / 3 + 1, sizeof *pods);
@@ -845,46 +893,96 @@ static void on_desired_read(dibba_redis_t *r, int status, redisReply *reply, voi
     char line[200];
     snprintf(line, sizeof line, "pods: %zu unreadable pod records for host %s; reconcile skipped", bad, p->host);
     plog(p->ctx, DIBBA_PLUGIN_LOG_ERROR, line);
+    fail = -EINVAL;
+    snprintf(why, sizeof why, "%s", line);
     goto out;
   }
-  if (dibba_pod_reconcile_since(p->mgr, (const Dibba__V1__Pod *const *)pods, n, d->since, on_desired_reconciled, d) ==
-      0) {
+  d->n_desired = n;
+  if ((fail = dibba_pod_reconcile_since(p->mgr, (const Dibba__V1__Pod *const *)pods, n, d->since, on_desired_reconciled,
+                                        d)) == 0)
     d = NULL;
-  }
+  else
+    snprintf(why, sizeof why, "pods: reconcile: %s", dibba_strerror(fail));
 out:
   for (size_t i = 0; i < n; i++)
     dibba_pbjson_message_free(&pods[i]->base);
   free(pods);
   if (d) {
-    for (size_t i = 0; i < d->n_gone; i++)
-      free(d->gone[i]);
-    free(d->gone);
-    free(d);
+    p->desired = NULL;
+    rwait_end(p, &d->tasks, d, fail, why);
+    desired_free(d);
     desired_end(p);
   }
 }
 
 static void desired_run(pods_t *p) {
-  if (!p->mgr || !p->redis || !p->ctd_ready || !dibba_redis_is_ready(p->redis))
+  if (!p->mgr || !p->redis || !p->ctd_ready || !dibba_redis_is_ready(p->redis)) {
+    rwait_end(p, &p->rwait, NULL, !p->mgr || !p->redis ? -ENOTSUP : UV_EAGAIN,
+              !p->mgr         ? "pods: the plugin has no cni configuration"
+              : !p->redis     ? "pods: the plugin has no redis configuration"
+              : !p->ctd_ready ? "pods: containerd is not ready"
+                              : "pods: redis is not connected");
     return;
+  }
   if (p->desired_busy) {
-    p->desired_again = 1;
+    p->desired_again = 1; /* the waiting tasks go with the next run: the one in flight may have read before them */
     return;
   }
   desired_t *d = dibba_xcalloc(1, sizeof *d);
   d->p = p;
   d->since = dibba_pod_mgr_generation(p->mgr); /* before the read: what changes after it is not in the set */
+  d->tasks = p->rwait;
+  p->rwait = NULL;
   char *hset = dibba_xasprintf("%spods:host:%s", p->prefix, p->host);
   const char *argv[] = {"EVAL", lua_desired, "1", hset, p->prefix};
   p->desired_busy = 1;
-  if (dibba_redis_command_argv(p->redis, on_desired_read, d, NULL, 5, argv, NULL) < 0) {
-    free(d);
+  p->desired = d;
+  int rc = dibba_redis_command_argv(p->redis, on_desired_read, d, NULL, 5, argv, NULL);
+  if (rc < 0) {
     p->desired_busy = 0;
+    p->desired = NULL;
+    rwait_end(p, &d->tasks, d, rc, "pods: desired set read: redis command failed");
+    desired_free(d);
   }
   free(hset);
 }
 
 static void on_desired_timer(uv_timer_t *t) { desired_run(t->data); }
+
+/* Unlink t from list; 1 if it was there. */
+static int rwait_remove(rwait_t **list, dibba_task_ctx_t *t) {
+  for (; *list; list = &(*list)->next)
+    if ((*list)->t == t) {
+      rwait_t *w = *list;
+      *list = w->next;
+      free(w);
+      return 1;
+    }
+  return 0;
+}
+
+static void reconcile_cancel(dibba_task_ctx_t *t, void *data) {
+  pods_t *p = data;
+  if (rwait_remove(&p->rwait, t) || (p->desired && rwait_remove(&p->desired->tasks, t)))
+    dibba_task_fail(t, UV_ECANCELED, NULL, "reconcile_pods: cancelled (the reconcile itself goes on)");
+}
+
+/* reconcile_pods (no args): run the desired-set reconcile now (or right after the one in flight) and report
+ * {reconciled, host, desired, deleting, pods}. */
+static int reconcile_pods_run(dibba_task_ctx_t *t) {
+  pods_t *p = pods_of(t);
+  if (json_object_size(t->args) > 0) {
+    dibba_task_fail(t, -EINVAL, "EINVAL", "reconcile_pods takes no arguments");
+    return 0;
+  }
+  rwait_t *w = dibba_xcalloc(1, sizeof *w);
+  w->t = t;
+  w->next = p->rwait;
+  p->rwait = w;
+  t->ops->on_cancel(t, reconcile_cancel, p);
+  desired_run(p); /* may end t at once */
+  return 0;
+}
 
 static void on_redis_connect(dibba_redis_t *r, int status, void *data) {
   (void)r;
@@ -1220,6 +1318,7 @@ static void on_timer_closed(uv_handle_t *h) { pods_closed(h->data); }
  * callbacks point at p). The module stays mapped (-z nodelete) for those later loop turns. Pods keep running:
  * the next manager re-adopts them. */
 static void pods_release(pods_t *p) {
+  rwait_end(p, &p->rwait, NULL, UV_ECANCELED, "pods: closing");
   dibba_pod_mgr_close(p->mgr, NULL, NULL);
   p->mgr = NULL;
   dibba_cni_free(p->cni);
@@ -1256,6 +1355,7 @@ static int pods_init(dibba_plugin_ctx_t *ctx) {
       {.name = "list_pods", .run = list_pods_run},
       {.name = "pod_logs", .run = pod_logs_run},
       {.name = "pod_exec", .run = pod_exec_run},
+      {.name = "reconcile_pods", .run = reconcile_pods_run, .timeout_ms = 10 * 60 * 1000},
   };
   const json_t *cfg = ctx->config;
   char line[512];

@@ -260,7 +260,7 @@ class BeatTest(unittest.TestCase):
         b.proc.send_signal(signal.SIGHUP)
         fixtures.wait_until(lambda: len(reloads()) >= 1, 10, "the SIGHUP reload")
         r = reloads()[-1]
-        self.assertEqual((r["kept"], r["added"], r["changed"], r["removed"]), (4, 0, 0, 0))
+        self.assertEqual((r["kept"], r["added"], r["changed"], r["removed"]), (5, 0, 0, 0))
         # A directory change: the broken file is fixed and a new job is added.
         n = len(reloads())
         st.write("broken.json", json.dumps({"name": "broken", "task": "noop", "route": {"role": "control"},
@@ -304,7 +304,8 @@ class BeatTest(unittest.TestCase):
 
     def test_builtin_disabled(self):
         st = self.st
-        st.beat(**{"beat.builtin.node_offline.enabled": False, "beat.builtin.task_purge.enabled": False})
+        st.beat(**{"beat.builtin.node_offline.enabled": False, "beat.builtin.task_purge.enabled": False,
+                   "beat.builtin.pod_reconcile.enabled": False})
         time.sleep(1)
         self.assertEqual(st.r.hkeys(st.prefix + "beat:jobs"), [])
 
@@ -325,7 +326,8 @@ class BeatTest(unittest.TestCase):
             j = {s["name"]: s for s in r.json()["schedules"]}
             return j if j.get("every-2s", {}).get("last_task_id") else None
         j = fixtures.wait_until(listed, 15, "every-2s with a last run")
-        self.assertEqual(sorted(j), ["beat.node-offline", "beat.task-purge", "every-2s", "nightly"])
+        self.assertEqual(sorted(j), ["beat.node-offline", "beat.pod-reconcile", "beat.task-purge", "every-2s",
+                                     "nightly"])
         e = j["every-2s"]
         self.assertEqual(e["schedule"], {"every": "2s"})
         self.assertEqual(e["timezone"], "UTC")

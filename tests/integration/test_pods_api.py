@@ -20,6 +20,9 @@ import fixtures
 HTTPD = ["httpd", "-f", "-p", "80", "-h", "/www"]
 FETCH = ["sh", "-c", "while true; do wget -q -O - http://127.0.0.1/; sleep 1; done"]
 PAGE = "hello from dibba busybox"
+# dibba-beat's task id namespace (daemons/beat/fire.c): task id = uuid5(NS, "<prefix>beat:<job>:<slot_ms>").
+BEAT_NS = uuid.UUID(bytes=bytes([0x5b, 0x0e, 0x6d, 0x3a, 0x2c, 0x41, 0x4f, 0x8e,
+                                 0x9a, 0x57, 0x1d, 0x2f, 0x3c, 0x4b, 0x5a, 0x69]))
 
 
 def setUpModule():
@@ -282,6 +285,57 @@ class PodsApiTest(unittest.TestCase):
         r = self.call("DELETE", "/v1/pods/default/placed")
         rec = self.wait_task(r.json()["task_id"])
         self.assertEqual(rec["status"], "SUCCESS", rec)
+
+    def test_7_beat_pod_reconcile(self):
+        # dibba-beat's built-in beat.pod-reconcile asks every online pods host for a reconcile_pods task.
+        body = self.pod("kept", [{"name": "c", "image": fixtures.BUSYBOX_IMAGE, "command": ["sleep", "1000"]}],
+                        node=self.host)
+        self.assertEqual(self.wait_task(self.call("POST", "/v1/pods", json=body).json()["task_id"])["status"],
+                         "SUCCESS")
+        self.wait_running("demo", "kept")
+        bcfg = fixtures.daemon_config(redis=self.redis, secrets_paths=self.secrets, **{
+            "worker.heartbeat_seconds": 1, "log.level": "info", "beat.builtin.node_offline.enabled": False,
+            "beat.builtin.task_purge.enabled": False, "beat.builtin.pod_reconcile.every": "2s"})
+
+        def reconciles():
+            return [k[len(self.prefix) + 5:] for k in self.r.scan_iter(self.prefix + "task:*", count=1000)
+                    if k.count(":") == self.prefix.count(":") + 1 and self.r.hget(k, "name") == "reconcile_pods"]
+        beat = fixtures.Daemon("beat", bcfg)
+        try:
+            beat.start(wait_log=r"jobs loaded")
+            done = fixtures.wait_until(lambda: [t for t in reconciles() if self.r.hget(
+                self.prefix + "task:" + t, "state") == "SUCCESS"], 20, "a reconcile_pods task to succeed")
+            rec = self.wait_task(done[0])
+            self.assertEqual(rec["status"], "SUCCESS", rec)
+            res = rec["result"]
+            self.assertEqual((res["reconciled"], res["host"], res["desired"], res["deleting"]),
+                             (True, self.host, 1, 0), rec)
+            self.assertGreaterEqual(res["pods"], 1, rec)
+            # The id is deterministic per host and slot (a retried or competing firing resubmits the same task).
+            slot_ms = int(self.r.hget(self.prefix + "beat:job:beat.pod-reconcile", "last_slot_ms"))
+            ids = {str(uuid.uuid5(BEAT_NS, "%sbeat:beat.pod-reconcile/%s:%d" % (self.prefix, self.host, s)))
+                   for s in range(slot_ms - 20000, slot_ms + 1, 2000)}
+            self.assertTrue(set(reconciles()) <= ids, (reconciles(), slot_ms))
+            self.assertEqual(self.wait_running("demo", "kept")["spec"]["nodeName"], self.host)  # untouched
+            beat.stop()
+        finally:
+            beat.close()
+        # Disabled: the job is not loaded and no more tasks come.
+        bcfg["beat"]["builtin"]["pod_reconcile"]["enabled"] = False
+        beat = fixtures.Daemon("beat", bcfg)
+        try:
+            beat.start(wait_log=r"jobs loaded")
+            fixtures.wait_until(lambda: all(self.r.hget(self.prefix + "task:" + t, "state") in
+                                            ("SUCCESS", "FAILURE") for t in reconciles()), 20, "reconciles to end")
+            before = set(reconciles())
+            time.sleep(5)
+            self.assertEqual(set(reconciles()), before)
+            self.assertNotIn("beat.pod-reconcile", self.r.hkeys(self.prefix + "beat:jobs"))
+            beat.stop()
+        finally:
+            beat.close()
+        r = self.call("DELETE", "/v1/pods/demo/kept")
+        self.assertEqual(self.wait_task(r.json()["task_id"])["status"], "SUCCESS")
 
 
 if __name__ == "__main__":
