@@ -349,9 +349,8 @@ int dibba_containerd_container_stop(dibba_containerd_t *ctd, const char *ns, con
   f->s.cb = cb;
   f->s.data = data;
   f->grace_ms = grace_ms;
+  f->s.killed = !grace_ms; /* before send_kill, which frees f when the call cannot be made */
   send_kill(ctd, &f->s, grace_ms ? SIGTERM : SIGKILL);
-  if (!grace_ms)
-    f->s.killed = 1;
   return 0;
 }
 
