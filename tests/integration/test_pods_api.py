@@ -95,6 +95,10 @@ class PodsApiTest(unittest.TestCase):
             p["spec"]["nodeName"] = node
         return p
 
+    def worker_warnings(self):
+        """The worker's warn/error log lines: what a failed task step said."""
+        return [l for l in self.worker.log_lines() if l.get("level") in ("warn", "error")][-20:]
+
     def wait_task(self, tid, timeout=120):
         def done():
             r = self.call("GET", "/v1/tasks/" + tid)
@@ -125,7 +129,7 @@ class PodsApiTest(unittest.TestCase):
         self.assertEqual(r.status_code, 202, r.text)
         self.assertEqual(r.json()["host"], self.host)
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
         pod = self.wait_running("demo", "web")
         self.assertEqual(pod["spec"]["nodeName"], self.host)
         self.assertEqual([c["name"] for c in pod["status"]["containerStatuses"]], ["httpd", "fetch"])
@@ -212,7 +216,7 @@ class PodsApiTest(unittest.TestCase):
         r = self.call("DELETE", "/v1/pods/demo/rt")
         self.assertEqual(r.status_code, 202, r.text)
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
 
     def test_3_worker_restart_readopts(self):
         before = sorted(self.app_containers())
@@ -234,7 +238,7 @@ class PodsApiTest(unittest.TestCase):
         r = self.call("DELETE", "/v1/pods/demo/web")
         self.assertEqual(r.status_code, 202, r.text)
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
         self.assertFalse(self.r.exists(self.prefix + "pod:demo/web"))
         self.assertFalse(self.r.sismember(self.prefix + "pods", "demo/web"))
         self.assertEqual(self.call("GET", "/v1/pods/demo/web").status_code, 404)
@@ -260,7 +264,7 @@ class PodsApiTest(unittest.TestCase):
         self.assertEqual(r.status_code, 200, r.text)
         self.assertEqual(r.json()["message"], "Task submitted successfully")
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
         pod = self.wait_running("seed", "seedweb")
         self.assertEqual(pod["spec"]["containers"][0]["resources"]["limits"], {"cpu": "250m", "memory": "67108864"})
         r = self.call("POST", "/v1/pods/seed/seedweb/exec", json={"command": ["sh", "-c", "for f in /proc/[0-9]*/environ; do tr '\\000' '\\n' <$f; done"]})
@@ -270,7 +274,7 @@ class PodsApiTest(unittest.TestCase):
         self.assert_422(self.call("POST", "/create-pods", json={"containers": []}), ["body", "host_name"])
         r = self.call("DELETE", "/v1/pods/seed/seedweb")
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
         self.assertEqual(self.app_containers(), [])
 
     def test_6_placement_and_default_namespace(self):
@@ -284,7 +288,7 @@ class PodsApiTest(unittest.TestCase):
         self.assertEqual(self.call("POST", "/v1/pods", json=body).status_code, 200)
         r = self.call("DELETE", "/v1/pods/default/placed")
         rec = self.wait_task(r.json()["task_id"])
-        self.assertEqual(rec["status"], "SUCCESS", rec)
+        self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
 
     def test_7_beat_pod_reconcile(self):
         # dibba-beat's built-in beat.pod-reconcile asks every online pods host for a reconcile_pods task.
@@ -303,10 +307,14 @@ class PodsApiTest(unittest.TestCase):
         beat = fixtures.Daemon("beat", bcfg)
         try:
             beat.start(wait_log=r"jobs loaded")
-            done = fixtures.wait_until(lambda: [t for t in reconciles() if self.r.hget(
-                self.prefix + "task:" + t, "state") == "SUCCESS"], 20, "a reconcile_pods task to succeed")
+            try:
+                done = fixtures.wait_until(lambda: [t for t in reconciles() if self.r.hget(
+                    self.prefix + "task:" + t, "state") == "SUCCESS"], 20, "a reconcile_pods task to succeed")
+            except TimeoutError:
+                self.fail(([self.r.hgetall(self.prefix + "task:" + t) for t in reconciles()][:3],
+                           [l for l in beat.log_lines() if l.get("level") != "debug"][-10:], self.worker_warnings()))
             rec = self.wait_task(done[0])
-            self.assertEqual(rec["status"], "SUCCESS", rec)
+            self.assertEqual(rec["status"], "SUCCESS", (rec, self.worker_warnings()))
             res = rec["result"]
             self.assertEqual((res["reconciled"], res["host"], res["desired"], res["deleting"]),
                              (True, self.host, 1, 0), rec)
